@@ -1,0 +1,190 @@
+"""The cat-12 data: label files and ImageFolder trees, robust image loading, a duplicate-safe split.
+
+Two layouts are read:
+
+- a label file with one ``path<TAB>label`` line per image (cat-12's ``train_list.txt``); paths are resolved
+  against the label file's folder; spaces instead of the tab, CRLF line ends, a UTF-8 BOM and blank lines are
+  tolerated, anything else is an error naming the file and the line;
+- an ImageFolder tree: one sub-folder per class, classes in sorted order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int
+
+
+def parse_label_file(path: str | Path) -> list[Sample]:
+    """Read ``path<TAB>label`` lines; relative paths are resolved against the label file's folder."""
+    path = Path(path)
+    samples = []
+    text = path.read_text(encoding="utf-8-sig")  # drops a BOM
+    for number, raw in enumerate(text.splitlines(), start=1):  # splitlines handles CRLF
+        line = raw.strip()
+        if not line:
+            continue
+        parts = line.rsplit("\t", 1) if "\t" in line else line.rsplit(None, 1)
+        if len(parts) != 2 or not parts[0].strip() or not parts[1].strip().lstrip("-").isdigit():
+            raise ValueError(f"{path}:{number}: expected 'image_path<TAB>integer_label', got {raw!r}")
+        label = int(parts[1])
+        if label < 0:
+            raise ValueError(f"{path}:{number}: negative label {label}")
+        samples.append(Sample(path.parent / parts[0].strip(), label))
+    if not samples:
+        raise ValueError(f"{path}: no labelled images")
+    return samples
+
+
+def scan_image_folder(root: str | Path) -> tuple[list[Sample], list[str]]:
+    """Samples of an ImageFolder tree (one sub-folder per class) and the class names, sorted."""
+    root = Path(root)
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise ValueError(f"{root}: no class folders")
+    samples = [
+        Sample(p, label)
+        for label, name in enumerate(classes)
+        for p in sorted((root / name).rglob("*"))
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+    ]
+    return samples, classes
+
+
+def find_samples(data: str | Path) -> tuple[list[Sample], list[str] | None]:
+    """Samples of a label file, of a folder holding ``train_list.txt``, or of an ImageFolder tree.
+
+    Returns the samples and the class names when the layout names them (ImageFolder), else None.
+    """
+    data = Path(data)
+    if data.is_file():
+        return parse_label_file(data), None
+    if (data / "train_list.txt").is_file():
+        return parse_label_file(data / "train_list.txt"), None
+    if data.is_dir():
+        return scan_image_folder(data)
+    raise FileNotFoundError(f"{data}: no such label file or folder")
+
+
+def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """An 8-bit RGB copy of ``image`` whatever its mode (P, RGBA, LA, L, 1, I;16, I, F, CMYK, YCbCr ...).
+
+    EXIF orientation is applied; transparency (an alpha band, or a palette/greyscale/RGB transparent colour) is
+    composited over ``background``; 16-bit images are scaled from 0-65535 to 0-255, 32-bit integer images from
+    0-65535 when they use more than 8 bits, float images from 0-1 when they lie in [0, 1], else kept as 0-255.
+    """
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("P", "L", "RGB", "1") and "transparency" in image.info:
+        image = image.convert("RGBA")  # a transparent palette entry or colour (PNG tRNS, GIF)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        import numpy as np
+
+        a = np.asarray(image, dtype=np.float64)
+        if image.mode.startswith("I;16") or (image.mode == "I" and a.max() > 255):
+            top = 65535.0
+        elif image.mode == "F" and a.size and a.min() >= 0 and a.max() <= 1:
+            top = 1.0
+        else:
+            top = 255.0
+        image = Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (*background, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open, fully decode, EXIF-transpose and convert an image file to RGB; raises on unreadable files."""
+    with Image.open(path) as image:
+        image.load()
+        return to_rgb(image)
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-1 of the file's bytes (identifies byte-identical duplicates)."""
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+
+
+def check_images(samples: Sequence[Sample], progress: bool = True) -> tuple[list[Sample], list[str]]:
+    """Decode every image once; keep the readable ones, warn about each unreadable one by name.
+
+    Returns the readable samples and their SHA-1 digests (same order).
+    """
+    from tqdm import tqdm
+
+    good, digests, bad = [], [], 0
+    for sample in tqdm(samples, desc="checking images", disable=not progress, leave=False):
+        try:
+            load_image(sample.path)
+        except Exception as error:  # noqa: BLE001 - any decoder error means "skip this file"
+            warnings.warn(f"skipping unreadable image {sample.path}: {error}", stacklevel=2)
+            bad += 1
+            continue
+        good.append(sample)
+        digests.append(file_digest(sample.path))
+    if bad:
+        warnings.warn(f"skipped {bad} unreadable image(s) of {len(samples)}", stacklevel=2)
+    return good, digests
+
+
+def split_samples(samples: Sequence[Sample], digests: Sequence[str], val_fraction: float = 0.2,
+                  seed: int = 0) -> tuple[list[Sample], list[Sample]]:
+    """A stratified train/validation split that keeps byte-identical files on one side.
+
+    Files are grouped by digest; whole groups are drawn per class (the class of the group's first file) until
+    the class's validation share reaches ``val_fraction`` of its files (rounded; at least one group when
+    ``val_fraction > 0`` and the class has two groups or more, so every class is validated). Deterministic for a
+    given seed.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    groups: dict[str, list[Sample]] = defaultdict(list)
+    for sample, digest in zip(samples, digests, strict=True):
+        groups[digest].append(sample)
+    by_class: dict[int, list[str]] = defaultdict(list)
+    for digest, members in groups.items():
+        by_class[members[0].label].append(digest)
+    rng = random.Random(seed)
+    train, val = [], []
+    for label in sorted(by_class):
+        keys = sorted(by_class[label])
+        rng.shuffle(keys)
+        total = sum(len(groups[k]) for k in keys)
+        target, taken = round(val_fraction * total), 0
+        if val_fraction > 0 and len(keys) > 1:
+            target = max(target, 1)
+        for key in keys:
+            side = val if taken < target else train
+            if side is val:
+                taken += len(groups[key])
+            side.extend(groups[key])
+    return train, val
+
+
+class ImageDataset:
+    """A map-style dataset of (transform(image), label) pairs; works as a torch DataLoader's dataset."""
+
+    def __init__(self, samples: Sequence[Sample], transform: Callable[[Image.Image], object]) -> None:
+        self.samples, self.transform = list(samples), transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        sample = self.samples[index]
+        return self.transform(load_image(sample.path)), sample.label

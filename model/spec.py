@@ -1,0 +1,107 @@
+"""The project's vocabulary: layer names, preprocessing constants and ONNX names.
+
+Torch-free on purpose: both halves of the project import it (``model/`` for training and export,
+``demo/`` for onnxruntime + NumPy inference), and the exported ONNX file carries the same values in its
+metadata so that a model file is self-describing.
+"""
+
+from __future__ import annotations
+
+# VGG16 ("configuration D" of Simonyan & Zisserman): output channels of each 3x3 conv, "M" a 2x2/2 max-pool.
+# The seed ends with a global max-pool after conv5_3 instead of a fifth 2x2 pool.
+CFG_VGG16: tuple[int | str, ...] = (
+    64, 64, "M",
+    128, 128, "M",
+    256, 256, 256, "M",
+    512, 512, 512, "M",
+    512, 512, 512,
+)  # fmt: skip
+
+
+def _layer_names(cfg: tuple[int | str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    convs, pools, block, index = [], [], 1, 1
+    for item in cfg:
+        if item == "M":
+            pools.append(f"pool{block}")
+            block, index = block + 1, 1
+        else:
+            convs.append(f"conv{block}_{index}")
+            index += 1
+    return tuple(convs), tuple(pools)
+
+
+CONV_LAYERS, POOL_LAYERS = _layer_names(CFG_VGG16)  # ("conv1_1", ..., "conv5_3"), ("pool1", ..., "pool4")
+NUM_CLASSES = 12
+FEATURE_CHANNELS = 512  # channels of conv5_3, the input of the head
+
+
+def block_of(layer: str) -> int:
+    """Block number (1-5) of a layer name such as ``conv3_2`` or ``pool3``."""
+    return int(layer[4]) if layer.startswith("conv") else int(layer[4:])
+
+
+def pool_below(conv: str) -> str | None:
+    """The pool whose output feeds ``conv`` (``pool2`` for ``conv3_1``), or None."""
+    return f"pool{block_of(conv) - 1}" if conv.endswith("_1") and block_of(conv) > 1 else None
+
+
+def conv_channels(layer: str) -> int:
+    """Output channels of a conv layer."""
+    return [c for c in CFG_VGG16 if c != "M"][CONV_LAYERS.index(layer)]
+
+
+def stride_of(layer: str) -> int:
+    """Pixels of input per position of the layer's feature map (1 for block 1, 16 for block 5)."""
+    return 2 ** (block_of(layer) - 1)
+
+
+def receptive_field(layer: str) -> int:
+    """Side in pixels of the input window that one position of ``layer`` sees (conv1_1: 3, conv5_3: 196)."""
+    size, jump = 1, 1
+    for conv in CONV_LAYERS[: CONV_LAYERS.index(layer) + 1]:
+        if pool_below(conv):
+            size, jump = size + jump, jump * 2  # a 2x2/2 pool
+        size += 2 * jump  # a 3x3 conv
+    return size
+
+
+# Preprocessing: RGB (never BGR), pixels scaled to [0, 1], then normalised per channel with the ImageNet
+# statistics (those torchvision's VGG16 was trained with, so its weights work unchanged).
+MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+INPUT_SIZE = 224  # side in pixels; the network is fully convolutional and takes any multiple of 16
+SIZE_MULTIPLE = 16  # four 2x2 pools
+
+# The switch-index convention, stated once for the whole project (PyTorch's max_pool2d(return_indices=True)):
+SWITCH_CONVENTION = (
+    "per-plane: for pooled output (n, c, i, j), switch = h * W_in + w, the flat index of the maximum inside "
+    "the (H_in, W_in) input plane of the same (n, c); int64"
+)
+
+# ONNX graph names.
+INPUT_NAME = "image"  # (N, 3, H, W) float32, normalised as above
+PROBS_NAME = "probs"  # (N, num_classes) float32, softmax of the logits
+ACTIVATION_OUTPUTS: tuple[str, ...] = CONV_LAYERS  # (N, C, H, W) float32 after ReLU
+
+
+def switch_output(pool: str) -> str:
+    """ONNX output name of a pool's switches: ``pool1`` -> ``pool1_switches``."""
+    return f"{pool}_switches"
+
+
+SWITCH_OUTPUTS: tuple[str, ...] = tuple(switch_output(p) for p in POOL_LAYERS)  # (N, C, H/2, W/2) int64
+OUTPUT_NAMES: tuple[str, ...] = (PROBS_NAME, *ACTIVATION_OUTPUTS, *SWITCH_OUTPUTS)
+
+# Keys of the ONNX metadata_props (values are JSON strings).
+META_CLASS_NAMES = "class_names"
+META_MEAN = "mean"
+META_STD = "std"
+META_INPUT_SIZE = "input_size"
+META_LAYERS = "layer_names"
+META_SWITCHES = "switch_convention"
+META_MODEL_CARD = "model_card"
+
+CAT12_BREEDS: tuple[str, ...] = (
+    "Abyssinian", "Bengal", "Birman", "Bombay", "British Shorthair", "Egyptian Mau",
+    "Maine Coon", "Persian", "Ragdoll", "Russian Blue", "Siamese", "Sphynx",
+)  # fmt: skip
