@@ -38,7 +38,9 @@ def parse_label_file(path: str | Path) -> list[Sample]:
         line = raw.strip()
         if not line:
             continue
-        parts = line.rsplit("\t", 1) if "\t" in line else line.rsplit(None, 1)
+        # Tab-separated: exactly two fields (a third column is an error, not part of the path). Without a tab the
+        # label is the last whitespace-separated field, so a path may contain spaces.
+        parts = [f for f in line.split("\t") if f.strip()] if "\t" in line else line.rsplit(None, 1)
         if len(parts) != 2 or not parts[0].strip() or not parts[1].strip().lstrip("-").isdigit():
             raise ValueError(f"{path}:{number}: expected 'image_path<TAB>integer_label', got {raw!r}")
         label = int(parts[1])

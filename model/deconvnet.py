@@ -58,18 +58,22 @@ def project_down(signal: Tensor, layer: str, weights: dict[str, Tensor], switche
     """Project ``signal`` (B, C, h, w), placed at the output of conv ``layer``, down to pixels (B, 3, H, W).
 
     ``weights`` maps conv names to (C_out, C_in, 3, 3); ``switches`` maps pool names to (B, C, h, w) int64.
+    Raises ValueError when the switches do not fit the reconstruction (another input size, or one that is not a
+    multiple of 16).
     """
     x = signal
     for name in reversed(CONV_LAYERS[: CONV_LAYERS.index(layer) + 1]):
         x = deconv(F.relu(x), weights[name])
         pool = pool_below(name)
         if pool is not None:
-            if switches[pool].shape != x.shape:
+            s = switches[pool]
+            B, C, H, W = x.shape
+            if s.shape != x.shape or (s.numel() and int(s.max()) >= 4 * H * W):  # indices into a larger plane
                 raise ValueError(
-                    f"{pool} switches have shape {tuple(switches[pool].shape)} but the reconstruction at {name} has "
-                    f"{tuple(x.shape)}: the switches must come from the same forward pass, on an input whose height "
-                    f"and width are multiples of {SIZE_MULTIPLE}")
-            x = unpool(x, switches[pool])
+                    f"{pool} switches of shape {tuple(s.shape)} do not fit the reconstruction {(B, C, H, W)} at "
+                    f"{name}: they must come from the same forward pass, on an input whose height and width are "
+                    f"multiples of {SIZE_MULTIPLE}")
+            x = unpool(x, s)
     return x
 
 

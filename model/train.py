@@ -4,6 +4,7 @@
     python -m model.train --data ../shared/data/cat12 --out runs/bn128 --batch-norm --image-size 128 \
         --optimizer adamw --lr 2e-3 --schedule onecycle --label-smoothing 0.1 --epochs 30 --amp
     python -m model.train --out runs/bn128 --resume                                # go on after a kill
+    python -m model.train --out runs/bn128 --resume --epochs 50                    # or train it for longer
     torchrun --nproc-per-node 2 -m model.train ...                                 # several GPUs (or CPU/gloo)
 
 Per epoch it writes ``metrics.csv`` and ``curves.png`` (loss and accuracy), ``last.pt`` and ``best.pt``
@@ -20,6 +21,7 @@ import json
 import math
 import os
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +31,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 from torchvision import transforms
 from tqdm import tqdm
@@ -72,17 +74,25 @@ class TrainConfig:
     limit: int = 0  # use only the first N training images (quick trials and tests), 0 = all
 
 
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
+# On --resume the run's saved settings are kept; only these may be given anew (how long, on what, with what data).
+RESUME_OVERRIDES = ("epochs", "workers", "device", "threads", "data")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m model.train``; its defaults are TrainConfig's."""
     d = TrainConfig()
     p = argparse.ArgumentParser(
         prog="python -m model.train",
-        description="Train VGG16 on cat-12 (or any labelled images) and watch its features form.",
+        description="Train VGG16 on cat-12 (or any labelled images) and watch its features form. Writes "
+                    "metrics.csv, curves.png, last.pt, best.pt and evolution/epoch_NNN.png into --out.",
+        epilog="With --resume, the run's saved settings are used; only --epochs, --workers, --device, --threads "
+               "and --data may be given anew (a scheduled run keeps its --epochs).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--data", default=d.data, help="label file ('path<TAB>label' lines), a folder holding "
                    "train_list.txt, or an ImageFolder tree (one sub-folder per class)")
     p.add_argument("--out", default=d.out, help="run folder for checkpoints, metrics.csv, curves.png, evolution/")
-    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training images")
     p.add_argument("--batch-size", "--batch", type=int, default=d.batch_size, help="images per step, all processes")
     p.add_argument("--lr", type=float, default=d.lr, help="learning rate (the peak for onecycle)")
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default=d.optimizer)
@@ -97,9 +107,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--dropout", type=float, default=d.dropout, help="dropout before the classifier")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=d.augment,
                    help="random resized crops, horizontal flips and colour jitter")
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="held-out share of each class")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--workers", type=int, default=d.workers, help="data-loading processes")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction,
+                   help="held-out share of each class, in [0, 1); 0 = no validation")
+    p.add_argument("--seed", type=int, default=d.seed, help="seeds the split, the initial weights and the batches")
+    p.add_argument("--workers", type=int, default=d.workers, help="data-loading processes (0 = in the main one)")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=d.amp, help="bfloat16 autocast")
     p.add_argument("--threads", type=int, default=d.threads, help="CPU threads for torch, 0 = all cores")
@@ -107,10 +118,48 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                    help="save the deconvnet projections of the probe images every N epochs (0 = never)")
     p.add_argument("--probe", nargs="+", default=d.probe, help="probe images for the feature-evolution snapshots")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
-    p.add_argument("--limit", type=int, default=d.limit, help="use only the first N training images (0 = all)")
+    p.add_argument("--limit", type=int, default=d.limit,
+                   help="train on N training images drawn at random with --seed (0 = all)")
+    return p
+
+
+def given_options(argv: list[str] | None = None) -> set[str]:
+    """The TrainConfig fields that ``argv`` sets explicitly (as opposed to leaving at their defaults)."""
+    unset = object()  # not a string, so argparse never runs it through an option's type
+    p = build_parser()
+    p.set_defaults(**{f.name: unset for f in dataclasses.fields(TrainConfig)})
+    return {name for name, value in vars(p.parse_args(argv)).items() if value is not unset}
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    """A TrainConfig from the command line; with --resume, the run's saved settings fill what is not given."""
+    p = build_parser()
     config = TrainConfig(**vars(p.parse_args(argv)))
-    if config.image_size % SIZE_MULTIPLE:
-        p.error(f"--image-size must be a multiple of {SIZE_MULTIPLE}, got {config.image_size}")
+    problems = [
+        (config.image_size <= 0 or config.image_size % SIZE_MULTIPLE,
+         f"--image-size must be a positive multiple of {SIZE_MULTIPLE}, got {config.image_size}"),
+        (config.epochs < 1, f"--epochs must be at least 1, got {config.epochs}"),
+        (config.batch_size < 1, f"--batch-size must be at least 1, got {config.batch_size}"),
+        (not 0 <= config.val_fraction < 1, f"--val-fraction must be in [0, 1), got {config.val_fraction}"),
+        (config.workers < 0 or config.threads < 0 or config.limit < 0 or config.snapshot_every < 0,
+         "--workers, --threads, --limit and --snapshot-every must not be negative"),
+        (config.lr <= 0, f"--lr must be positive, got {config.lr}"),
+    ]
+    for bad, message in problems:
+        if bad:
+            p.error(message)
+    if config.resume:
+        last = Path(config.out) / "last.pt"
+        if not last.is_file():
+            p.error(f"--resume: {last} does not exist")
+        saved = torch.load(last, map_location="cpu", weights_only=True)["config"]
+        given = given_options(argv)
+        changed = sorted(k for k in given - {"resume", "out", *RESUME_OVERRIDES} if saved.get(k) != getattr(config, k))
+        if changed:
+            p.error(f"--resume keeps the run's own settings; {', '.join('--' + k.replace('_', '-') for k in changed)} "
+                    f"differ from {last} (only {', '.join('--' + k for k in RESUME_OVERRIDES)} may change)")
+        config = TrainConfig(**{**saved, **{k: getattr(config, k) for k in given if k in RESUME_OVERRIDES},
+                                "out": config.out, "resume": True})
     return config
 
 
@@ -132,9 +181,10 @@ def make_transforms(size: int, augment: bool) -> tuple[transforms.Compose, trans
 
 
 def class_names_for(data: str, found: list[str] | None, num_classes: int) -> list[str]:
+    """Class names: the ImageFolder's, cat-12's breeds for a cat-12 folder, else ``class 0`` ... ."""
     if found is not None:
         return found
-    if num_classes == len(CAT12_BREEDS) and "cat" in str(data).lower():
+    if num_classes == len(CAT12_BREEDS) and re.search(r"cat[ _-]?12", str(Path(data).resolve()).lower()):
         return list(CAT12_BREEDS)
     return [f"class {i}" for i in range(num_classes)]
 
@@ -142,10 +192,21 @@ def class_names_for(data: str, found: list[str] | None, num_classes: int) -> lis
 # --- checkpoints and logs --------------------------------------------------------------------------------------
 
 def save_atomic(obj: dict, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename over ``path``."""
+    """torch.save to a temporary file in the same folder, flushed to disk, then renamed over ``path``.
+
+    A crash at any point leaves either the old file or the new one at ``path``, never a partial file.
+    """
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def plot_curves(rows: list[dict], path: Path) -> None:
@@ -189,7 +250,7 @@ def evolution_snapshot(model: VGG, probes: torch.Tensor, path: Path, title: str)
     try:
         features = model.forward_all(probes)
         deconvnet = Deconvnet(model)
-        images = {layer: deconvnet.project(features.activations, features.switches, layer).images.float().numpy()
+        images = {layer: deconvnet.project(features.activations, features.switches, layer).images.float().cpu().numpy()
                   for layer in features.activations}
     finally:
         model.train(was_training)
@@ -245,7 +306,7 @@ def run_epoch(model: nn.Module, loader: DataLoader, device: torch.device, config
     """One pass over ``loader``; trains when an optimizer is given. Returns (mean loss, accuracy) over all ranks."""
     training = optimizer is not None
     model.train(training)
-    totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
+    totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count (NaN results when there is nothing)
     show = not dist.is_initialized() or dist.get_rank() == 0
     bar = tqdm(loader, desc=desc, leave=False, disable=not show)
     with torch.set_grad_enabled(training):
@@ -265,6 +326,8 @@ def run_epoch(model: nn.Module, loader: DataLoader, device: torch.device, config
             bar.set_postfix(loss=f"{totals[0] / totals[2]:.3f}", acc=f"{totals[1] / totals[2]:.3f}")
     if dist.is_initialized():
         dist.all_reduce(totals)
+    if totals[2] == 0:
+        return math.nan, math.nan
     return (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
 
 
@@ -305,8 +368,11 @@ def train(config: TrainConfig) -> dict:
         state = torch.load(last_path, map_location="cpu", weights_only=True)
         saved = state["config"]
         # The run's own settings win, except where the user asks for more epochs or another machine setup.
-        keep = {"epochs", "workers", "device", "threads", "resume", "out", "data"}
+        keep = {*RESUME_OVERRIDES, "resume", "out"}
         config = TrainConfig(**{**saved, **{k: getattr(config, k) for k in keep}})
+        if config.schedule != "constant" and config.epochs != saved["epochs"]:
+            raise ValueError(f"--resume: the {config.schedule} schedule of {last_path} spans {saved['epochs']} epochs; "
+                             f"it cannot be stretched to {config.epochs} (resume with --epochs {saved['epochs']})")
 
     seed_everything(config.seed)
     samples, found_classes = find_samples(config.data)
@@ -323,7 +389,7 @@ def train(config: TrainConfig) -> dict:
               f"(duplicate-safe split, seed {config.seed}); device {device}, {world} process(es)")
 
     model = VGG(num_classes=num_classes, batch_norm=config.batch_norm, dropout=config.dropout).to(device)
-    if distributed and config.batch_norm:
+    if distributed and config.batch_norm and device.type == "cuda":  # SyncBatchNorm has no CPU implementation
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     net: nn.Module = model
     if distributed:
@@ -336,12 +402,16 @@ def train(config: TrainConfig) -> dict:
 
     per_process = config.batch_size // world
     train_sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=config.seed) if distributed else None
-    val_sampler = DistributedSampler(val_set, world, rank, shuffle=False) if distributed else None
     loader_generator = torch.Generator()
     train_loader = DataLoader(train_set, per_process, shuffle=train_sampler is None, sampler=train_sampler,
                               num_workers=config.workers, drop_last=True, generator=loader_generator,
                               persistent_workers=False, pin_memory=device.type == "cuda")
-    val_loader = DataLoader(val_set, per_process, sampler=val_sampler, num_workers=config.workers)
+    if not len(train_loader):
+        raise ValueError(f"{len(train_set)} training images make no full batch of {per_process} per process; "
+                         "lower --batch-size or add images")
+    # Each process validates every world-th image, none twice (DistributedSampler would pad with repeats).
+    val_shard = Subset(val_set, range(rank, len(val_set), world)) if distributed else val_set
+    val_loader = DataLoader(val_shard, per_process, num_workers=config.workers, pin_memory=device.type == "cuda")
     scheduler = make_scheduler(optimizer, config, len(train_loader))
 
     start_epoch, rows, best_acc = 1, [], -1.0
@@ -375,7 +445,8 @@ def train(config: TrainConfig) -> dict:
         started = time.time()
         train_loss, train_acc = run_epoch(net, train_loader, device, config, optimizer, scheduler,
                                           desc=f"epoch {epoch}/{config.epochs} train")
-        val_loss, val_acc = run_epoch(net, val_loader, device, config, desc=f"epoch {epoch}/{config.epochs} val")
+        # The bare model: no DDP collectives in a forward that ranks may run a different number of times.
+        val_loss, val_acc = run_epoch(model, val_loader, device, config, desc=f"epoch {epoch}/{config.epochs} val")
         row = {"epoch": epoch, "train_loss": round(train_loss, 5), "train_acc": round(train_acc, 5),
                "val_loss": round(val_loss, 5), "val_acc": round(val_acc, 5),
                "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - started, 1)}
@@ -384,8 +455,10 @@ def train(config: TrainConfig) -> dict:
             continue
         print(f"epoch {epoch}: train loss {train_loss:.4f} acc {train_acc:.4f} | "
               f"val loss {val_loss:.4f} acc {val_acc:.4f} | {row['seconds']:.0f} s", flush=True)
-        is_best = val_acc > best_acc
-        best_acc = max(best_acc, val_acc)
+        if math.isnan(val_acc):  # no validation set: the last is the best there is
+            is_best = True
+        else:
+            is_best, best_acc = val_acc > best_acc, max(best_acc, val_acc)
         checkpoint = {
             "model": model.state_dict(), "model_config": model.config(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,

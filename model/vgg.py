@@ -160,13 +160,16 @@ def fold_batch_norm(model: VGG) -> VGG:
     return folded
 
 
-def _build(config: dict, state: dict[str, Tensor], copy: bool = False) -> VGG:
-    """A VGG built from ``config`` that holds ``state`` (floats as float32), without first initialising weights
-    that the state overwrites (torchvision's head alone has 120M). ``copy``: never share memory with ``state``."""
+def _build(config: dict, state: dict[str, Tensor], clone: bool = False) -> VGG:
+    """A VGG built from ``config`` that holds ``state`` (floats as float32).
+
+    Built on the meta device, so no time goes into initialising weights that the state replaces (torchvision's
+    head alone has 120M). ``clone``: copy the tensors rather than share memory with ``state``.
+    """
     with torch.device("meta"):
         model = VGG(**config)
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    if copy:
+    if clone:
         state = {k: v.detach().clone() for k, v in state.items()}
     model.load_state_dict(state, assign=True)
     return model
@@ -216,7 +219,7 @@ def from_torchvision_state_dict(state: dict[str, Tensor]) -> VGG:
             ours[f"classifier.{i}.{key}"] = get(f"classifier.{i}.{key}")
     config = {"num_classes": ours["classifier.6.weight"].shape[0], "batch_norm": batch_norm, "head": "torchvision"}
     try:
-        return _build(config, ours, copy=True)
+        return _build(config, ours, clone=True)
     except RuntimeError as e:  # shape mismatches
         raise ValueError(f"not a torchvision {kind} state dict: {e}") from e
 
