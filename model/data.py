@@ -52,6 +52,12 @@ def parse_label_file(path: str | Path) -> list[Sample]:
     return samples
 
 
+def write_label_file(samples: Sequence[Sample], path: str | Path) -> None:
+    """Write ``absolute_path<TAB>label`` lines that :func:`parse_label_file` reads back unchanged."""
+    lines = [f"{Path(s.path).resolve()}\t{s.label}\n" for s in samples]
+    Path(path).write_text("".join(lines), encoding="utf-8")
+
+
 def scan_image_folder(root: str | Path) -> tuple[list[Sample], list[str]]:
     """Samples of an ImageFolder tree (one sub-folder per class) and the class names, sorted."""
     root = Path(root)

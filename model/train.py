@@ -36,7 +36,7 @@ from torch.utils.data.distributed import DistributedSampler
 from torchvision import transforms
 from tqdm import tqdm
 
-from model.data import ImageDataset, check_images, find_samples, load_image, split_samples
+from model.data import ImageDataset, check_images, find_samples, load_image, split_samples, write_label_file
 from model.spec import CAT12_BREEDS, MEAN, SIZE_MULTIPLE, STD
 from model.vgg import VGG
 
@@ -387,6 +387,10 @@ def train(config: TrainConfig) -> dict:
     if main_process:
         print(f"{len(samples)} images, {num_classes} classes: {len(train_set)} train / {len(val_set)} validation "
               f"(duplicate-safe split, seed {config.seed}); device {device}, {world} process(es)")
+        # The split as label files, so that any tool can score exactly the held-out images:
+        # python -m demo.predict --labels RUN/val_list.txt --model FILE.onnx
+        write_label_file(train_samples, out / "train_list.txt")
+        write_label_file(val_samples, out / "val_list.txt")
 
     model = VGG(num_classes=num_classes, batch_norm=config.batch_norm, dropout=config.dropout).to(device)
     if distributed and config.batch_norm and device.type == "cuda":  # SyncBatchNorm has no CPU implementation

@@ -1,0 +1,222 @@
+"""Speed of the NumPy deconvnet stage, measured side by side with torch in one run.
+
+    python bench/deconv.py                      # 224x224, all cores
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/deconv.py --threads 2
+
+What it measures, on one 224x224 image and a random-weight VGG16 (speed does not depend on the weights):
+
+1. the 13 whole-layer projections (``mode="layer"``, conv1_1 ... conv5_3): our NumPy stage
+   (``demo/deconv_numpy.py``), the same computation in torch on the CPU (``model/deconvnet.py``) with the same
+   thread count, and a seed-style baseline (float64 NumPy unpooling through im2col-style 2x2 windows, one
+   framework call per layer with conversions in between); seconds and ratios,
+2. GFLOP/s of the NumPy stage and of each layer's transposed convolution (with the method the stage picks:
+   im2col, col2im or Winograd), against this machine's sgemm GFLOP/s (a 2048^3 float32 matmul). GFLOP are
+   those of the direct convolution, so Winograd layers can exceed 100% of sgemm. Targets: NumPy at most 1.2x
+   torch; at least 50% of sgemm on the heavy layers (those of at least 1.5 GFLOP),
+3. the forward pass: onnxruntime against torch eager, same image and threads.
+
+The machines set OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE; they can hold NumPy's OpenBLAS back against torch
+(which ships its own BLAS), so for the fair comparison unset both in the command, as above. Timings on a CPU
+that other processes keep busy (the load average is printed) measure contention more than code; compare
+--threads 1 there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class BenchConfig:
+    """What to measure; every field is a command-line option of the same name."""
+
+    size: int = 224  # image side in pixels
+    threads: int = 0  # threads for NumPy's BLAS, torch and onnxruntime; 0: every core
+    repeats: int = 3  # timed runs of each measurement (the best one is reported)
+    skip_seed: bool = False  # skip the (slow) seed-style baseline
+    skip_onnx: bool = False  # skip the onnxruntime-vs-torch forward comparison (needs an export, ~20 s)
+
+
+def parse_args(argv: list[str] | None = None) -> BenchConfig:
+    p = argparse.ArgumentParser(prog="python bench/deconv.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", type=int, default=224, help="image side in pixels, a multiple of 16 (default: 224)")
+    p.add_argument("--threads", type=int, default=0, help="threads for every library (default: all cores)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement, best reported (default: 3)")
+    p.add_argument("--skip-seed", action="store_true", help="skip the seed-style baseline")
+    p.add_argument("--skip-onnx", action="store_true", help="skip the onnxruntime forward comparison")
+    args = p.parse_args(argv)
+    return BenchConfig(**{f.name: getattr(args, f.name) for f in fields(BenchConfig)})
+
+
+CONFIG = parse_args()
+THREADS = CONFIG.threads or len(os.sched_getaffinity(0))
+os.environ["OPENBLAS_NUM_THREADS"] = str(THREADS)  # before NumPy loads OpenBLAS
+os.environ["OMP_NUM_THREADS"] = str(THREADS)
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from demo.deconv_numpy import Deconvnet as NumpyDeconvnet  # noqa: E402
+from demo.deconv_numpy import _deconv_plane, prepare_weight  # noqa: E402
+from model.deconvnet import Deconvnet as TorchDeconvnet  # noqa: E402
+from model.spec import CONV_LAYERS, pool_below  # noqa: E402
+from model.vgg import VGG  # noqa: E402
+
+
+def best_time(fn, repeats: int) -> float:
+    """Seconds of the fastest of ``repeats`` calls of ``fn`` (after one warm-up call)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def sgemm_gflops(repeats: int) -> float:
+    """This machine's float32 matmul speed, GFLOP/s, on a 2048^3 product."""
+    n = 2048
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
+    return 2 * n**3 / best_time(lambda: a @ b, repeats) / 1e9
+
+
+def layer_flops(acts: dict[str, np.ndarray], weights: dict[str, np.ndarray]) -> dict[str, float]:
+    """Multiply-adds x 2 of each layer's transposed convolution on this image."""
+    out = {}
+    for name in CONV_LAYERS:
+        _, _, H, W = acts[name].shape
+        C_out, C_in, kh, kw = weights[name].shape
+        out[name] = 2.0 * C_out * C_in * kh * kw * H * W
+    return out
+
+
+def seed_style(acts64: dict[str, np.ndarray], weights: dict[str, torch.Tensor], layer: str) -> np.ndarray:
+    """The seed's way: float64 NumPy between per-layer framework calls; unpooling through 2x2 window columns.
+
+    The max of each 2x2 window is found again from the pre-pool activation laid out as columns (im2col), and
+    the signal is placed where it was (the seed's switches), then folded back (col2im).
+    """
+    pool_input = {pool_below(c): CONV_LAYERS[i - 1] for i, c in enumerate(CONV_LAYERS) if pool_below(c)}
+    x = acts64[layer]
+    for name in reversed(CONV_LAYERS[: CONV_LAYERS.index(layer) + 1]):
+        x = np.maximum(x, 0.0)
+        t = torch.from_numpy(x.astype(np.float32))
+        x = F.conv_transpose2d(t, weights[name], padding=1).numpy().astype(np.float64)
+        pool = pool_below(name)
+        if pool is not None:
+            before = acts64[pool_input[pool]]  # (N, C, 2h, 2w)
+            N, C, H, W = before.shape
+            cols = before.reshape(N, C, H // 2, 2, W // 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(N, C, H // 2,
+                                                                                                   W // 2, 4)
+            mask = np.zeros_like(cols)
+            np.put_along_axis(mask, cols.argmax(axis=4)[..., None], 1.0, axis=4)
+            cols = mask * x[..., None]
+            x = cols.reshape(N, C, H // 2, W // 2, 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(N, C, H, W)
+    return x
+
+
+def main() -> None:
+    cfg = CONFIG
+    torch.set_num_threads(THREADS)
+    print(f"threads: {THREADS} (NumPy/OpenBLAS, torch, onnxruntime); image {cfg.size}x{cfg.size}; "
+          f"best of {cfg.repeats}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    blas_env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
+    if blas_env:
+        print(f"note: {blas_env} set; for the fair NumPy-vs-torch comparison run with "
+              "`env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/deconv.py`")
+    else:
+        print("OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE unset (fair NumPy-vs-torch comparison)")
+
+    torch.manual_seed(0)
+    model = VGG().eval()
+    x = torch.randn(1, 3, cfg.size, cfg.size)
+    with torch.no_grad():
+        f = model.forward_all(x)
+    acts = {k: v.numpy() for k, v in f.activations.items()}
+    sws = {k: v.numpy() for k, v in f.switches.items()}
+    tdeconv = TorchDeconvnet(model)
+    weights = {k: v.numpy() for k, v in tdeconv.weights.items()}
+    ndeconv = NumpyDeconvnet(weights)
+    flops = layer_flops(acts, weights)
+    stage_flops = sum(sum(flops[c] for c in CONV_LAYERS[: i + 1]) for i in range(len(CONV_LAYERS)))
+
+    # 1. the 13 whole-layer projections
+    with torch.no_grad():
+        # one warm-up of each, then a parity check so the timings compare the same computation
+        ref = tdeconv.project(f.activations, f.switches, "conv5_3").images.numpy()
+        got = ndeconv.project(acts, sws, "conv5_3").images
+        err = float(np.abs(got - ref).max() / np.abs(ref).max())
+        t_numpy = best_time(lambda: [ndeconv.project(acts, sws, n) for n in CONV_LAYERS], cfg.repeats)
+        t_torch = best_time(lambda: [tdeconv.project(f.activations, f.switches, n) for n in CONV_LAYERS],
+                            cfg.repeats)
+        gf = sgemm_gflops(cfg.repeats)
+    print(f"\n13 whole-layer projections ({stage_flops / 1e9:.0f} GFLOP; NumPy vs torch on conv5_3: relative "
+          f"error {err:.1e})")
+    print(f"  NumPy stage     {t_numpy:8.3f} s   {stage_flops / t_numpy / 1e9:6.1f} GFLOP/s")
+    print(f"  torch (CPU)     {t_torch:8.3f} s   {stage_flops / t_torch / 1e9:6.1f} GFLOP/s")
+    if not cfg.skip_seed:
+        acts64 = {k: v.astype(np.float64) for k, v in acts.items()}
+        with torch.no_grad():
+            t_seed = best_time(lambda: [seed_style(acts64, tdeconv.weights, n) for n in CONV_LAYERS],
+                               max(1, cfg.repeats - 1))
+        print(f"  seed-style      {t_seed:8.3f} s   {stage_flops / t_seed / 1e9:6.1f} GFLOP/s")
+    ratio = t_numpy / t_torch
+    print(f"  NumPy / torch = {ratio:.2f} (target <= 1.2: {'met' if ratio <= 1.2 else 'NOT met'})"
+          + (f";  seed-style / NumPy = {t_seed / t_numpy:.1f}x" if not cfg.skip_seed else ""))
+
+    # 2. per-layer transposed convolutions against sgemm
+    print(f"\nsgemm (2048^3 float32): {gf:.1f} GFLOP/s")
+    print(f"  {'layer':8} {'GFLOP':>6} {'method':>9} {'NumPy GFLOP/s':>14} {'% sgemm':>8} {'torch GFLOP/s':>14}")
+    heavy = []
+    for name in CONV_LAYERS:
+        a = acts[name][0]
+        wmat = prepare_weight(weights[name])
+        t_n = best_time(lambda a=a, wmat=wmat: _deconv_plane(a, wmat, relu=True), cfg.repeats)
+        ta, tw = f.activations[name], tdeconv.weights[name]
+        with torch.no_grad():
+            t_t = best_time(lambda ta=ta, tw=tw: F.conv_transpose2d(F.relu(ta), tw, padding=1), cfg.repeats)
+        share = flops[name] / t_n / 1e9 / gf
+        if flops[name] >= 1.5e9 * (cfg.size / 224) ** 2:
+            heavy.append(share)
+        print(f"  {name:8} {flops[name] / 1e9:6.2f} {wmat.method:>9} {flops[name] / t_n / 1e9:14.1f} "
+              f"{100 * share:7.0f}% {flops[name] / t_t / 1e9:14.1f}")
+    if heavy:
+        print(f"  heavy layers: NumPy reaches {100 * min(heavy):.0f}-{100 * max(heavy):.0f}% of sgemm "
+              f"(target >= 50%: {'met' if min(heavy) >= 0.5 else 'NOT met'})")
+
+    # 3. the forward pass
+    if not cfg.skip_onnx:
+        from demo.onnx_forward import OnnxModel
+        from export.onnx_export import export_onnx
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "vgg16.onnx"
+            small = [np.random.default_rng(i).standard_normal(s, dtype=np.float32)
+                     for i, s in enumerate([(1, 3, 64, 64), (2, 3, 64, 64), (1, 3, 80, 48)])]
+            export_onnx(model, path, check_images=small)
+            onnx_model = OnnxModel(path, device="cpu", threads=THREADS)
+            xn = x.numpy()
+            t_ort = best_time(lambda: onnx_model.run(xn), cfg.repeats)
+            with torch.no_grad():
+                t_eager = best_time(lambda: model.forward_all(x), cfg.repeats)
+        print(f"\nforward pass with every activation and switch ({onnx_model.providers[0]})")
+        print(f"  onnxruntime     {t_ort:8.3f} s")
+        print(f"  torch eager     {t_eager:8.3f} s")
+        print(f"  onnxruntime / torch = {t_ort / t_eager:.2f}")
+
+
+if __name__ == "__main__":
+    main()

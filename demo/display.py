@@ -1,0 +1,196 @@
+"""Display normalisation: reconstructions and feature maps (float arrays) -> uint8 pictures.
+
+One place decides how numbers become grey levels. Three modes:
+
+- ``"minmax"``: per image, (x - min) / (max - min) with the map's own minimum and maximum, whatever their
+  signs (the seed's stretch failed on maps whose minimum is above 0).
+- ``"signed"``: zero is mid-grey and the scale is symmetric, 0.5 + 0.5 * x / max|x|: the sign of a
+  deconvnet reconstruction stays visible (positive brighter, negative darker).
+- ``"percentile"``: min-max between the 1st and 99th percentiles, clipping the rest, so that a few extreme
+  values do not flatten the picture.
+
+A constant (or all-zero) map has nothing to stretch: it becomes a uniform mid-grey tile and is *flagged*
+(every function returns the flag), never NaN and never an error. Pixel-space reconstructions (3, H, W) stay
+RGB: the three channels share one scale so their colours keep their relation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+NORMS = ("minmax", "signed", "percentile")
+PERCENTILES = (1.0, 99.0)
+GREY = 128  # the grey of a flat tile (and of zero in "signed" mode)
+
+
+def _is_flat(lo: float, hi: float) -> bool:
+    """Whether [lo, hi] is an empty range up to float32 rounding."""
+    return not hi - lo > np.finfo(np.float32).eps * max(abs(lo), abs(hi))
+
+
+def normalize(x: np.ndarray, mode: str = "minmax",
+              percentiles: tuple[float, float] = PERCENTILES) -> tuple[np.ndarray, bool]:
+    """Map ``x`` (any shape) to float32 in [0, 1] with one scale for the whole array; return it and ``flat``.
+
+    ``flat`` is True when x is constant (or all zero); the result is then 0.5 everywhere. NaN and inf count
+    as 0. ``percentiles`` (low, high) is used by the "percentile" mode; when the two coincide (a sparse map, say)
+    it falls back to min-max.
+    """
+    if mode not in NORMS:
+        raise ValueError(f"mode must be one of {NORMS}, got {mode!r}")
+    a = np.nan_to_num(np.asarray(x, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if _is_flat(lo, hi):
+        return np.full(a.shape, 0.5, dtype=np.float32), True
+    if mode == "signed":
+        out = 0.5 + 0.5 * a / max(abs(lo), abs(hi))
+    else:
+        if mode == "percentile":
+            p_lo, p_hi = (float(v) for v in np.percentile(a, percentiles))
+            if not _is_flat(p_lo, p_hi):
+                lo, hi = p_lo, p_hi
+        out = (np.clip(a, lo, hi) - lo) / (hi - lo)
+    return np.clip(out, 0.0, 1.0).astype(np.float32), False
+
+
+def to_uint8(x01: np.ndarray) -> np.ndarray:
+    """[0, 1] floats -> uint8 0-255 (rounded)."""
+    return (np.clip(x01, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def reconstruction_image(recon: np.ndarray, mode: str = "minmax",
+                         percentiles: tuple[float, float] = PERCENTILES) -> tuple[np.ndarray, bool]:
+    """A pixel-space reconstruction (3, H, W) or (1, 3, H, W) -> (H, W, 3) uint8 RGB, and ``flat``."""
+    x = np.asarray(recon)
+    if x.ndim == 4 and x.shape[0] == 1:
+        x = x[0]
+    if x.ndim != 3 or x.shape[0] != 3:
+        raise ValueError(f"expected a (3, H, W) reconstruction, got shape {x.shape}")
+    x01, flat = normalize(x, mode, percentiles)
+    return to_uint8(x01.transpose(1, 2, 0)), flat
+
+
+def map_image(fmap: np.ndarray, mode: str = "minmax",
+              percentiles: tuple[float, float] = PERCENTILES) -> tuple[np.ndarray, bool]:
+    """One feature map (h, w) -> (h, w, 3) uint8 grey picture, and ``flat``."""
+    x = np.asarray(fmap)
+    if x.ndim != 2:
+        raise ValueError(f"expected an (h, w) map, got shape {x.shape}")
+    x01, flat = normalize(x, mode, percentiles)
+    return np.repeat(to_uint8(x01)[:, :, None], 3, axis=2), flat
+
+
+def merge_channels(activation: np.ndarray, how: str = "sum") -> np.ndarray:
+    """The seed's "merged" view of a layer: its (C, h, w) or (1, C, h, w) feature maps summed (or averaged).
+
+    Sum and mean give the same picture after normalisation; they differ only in the raw numbers.
+    """
+    a = np.asarray(activation, dtype=np.float32)
+    if a.ndim == 4 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim != 3:
+        raise ValueError(f"expected (C, h, w) feature maps, got shape {a.shape}")
+    if how not in ("sum", "mean"):
+        raise ValueError(f"how must be 'sum' or 'mean', got {how!r}")
+    return a.sum(axis=0) if how == "sum" else a.mean(axis=0)
+
+
+def upscale(image: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour enlargement of an (H, W, ...) picture by an integer ``factor``."""
+    if factor <= 1:
+        return image
+    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+
+
+def feature_grid(activation: np.ndarray, mode: str = "minmax", columns: int | None = None,
+                 min_tile: int = 32, gap: int = 1, max_channels: int | None = None,
+                 percentiles: tuple[float, float] = PERCENTILES) -> tuple[np.ndarray, np.ndarray]:
+    """Every channel of a layer as its own tile: (C, h, w) feature maps -> (H, W, 3) uint8 grid, flat flags (C,).
+
+    Each tile is normalised alone; flat channels (dead ReLUs, all zero) are grey and flagged. Tiles are
+    enlarged by an integer factor to at least ``min_tile`` pixels, laid out ``columns`` wide (default: a square
+    grid) with ``gap`` white pixels between them. ``max_channels`` keeps only the first channels.
+    """
+    a = np.asarray(activation, dtype=np.float32)
+    if a.ndim == 4 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim != 3:
+        raise ValueError(f"expected (C, h, w) feature maps, got shape {a.shape}")
+    if max_channels is not None:
+        a = a[:max_channels]
+    C, h, w = a.shape
+    factor = max(1, math.ceil(min_tile / max(h, w)))
+    tiles, flags = [], np.zeros(C, dtype=bool)
+    for c in range(C):
+        tile, flags[c] = map_image(a[c], mode, percentiles)
+        tiles.append(upscale(tile, factor))
+    return grid(tiles, columns, gap), flags
+
+
+def grid(tiles: Sequence[np.ndarray], columns: int | None = None, gap: int = 1, background: int = 255) -> np.ndarray:
+    """Same-sized (h, w, 3) uint8 tiles -> one (H, W, 3) uint8 picture, row-major, ``gap`` pixels apart."""
+    if not tiles:
+        return np.full((1, 1, 3), background, dtype=np.uint8)
+    h, w = tiles[0].shape[:2]
+    columns = columns or math.ceil(math.sqrt(len(tiles)))
+    rows = math.ceil(len(tiles) / columns)
+    out = np.full((rows * (h + gap) - gap, columns * (w + gap) - gap, 3), background, dtype=np.uint8)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, columns)
+        out[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = tile
+    return out
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType
+        return ImageFont.load_default()
+
+
+def tile_images(images: Sequence[np.ndarray], captions: Sequence[str] | None = None, columns: int | None = None,
+                gap: int = 6, font_size: int = 12, background: int = 255) -> np.ndarray:
+    """Pictures (h, w, 3) uint8, possibly of different sizes, side by side with a caption under each.
+
+    Returns one (H, W, 3) uint8 picture; each cell is as large as the largest picture (centred in it).
+    """
+    if not images:
+        return np.full((1, 1, 3), background, dtype=np.uint8)
+    if captions is not None and len(captions) != len(images):
+        raise ValueError(f"{len(captions)} captions for {len(images)} images")
+    cell_h = max(im.shape[0] for im in images)
+    cell_w = max(im.shape[1] for im in images)
+    text_h = font_size + 4 if captions else 0
+    cells = []
+    for i, im in enumerate(images):
+        cell = np.full((cell_h + text_h, cell_w, 3), background, dtype=np.uint8)
+        top, left = (cell_h - im.shape[0]) // 2, (cell_w - im.shape[1]) // 2
+        cell[top : top + im.shape[0], left : left + im.shape[1]] = im
+        if captions:
+            pil = Image.fromarray(cell)
+            ImageDraw.Draw(pil).text((2, cell_h + 1), captions[i], fill=(0, 0, 0), font=_font(font_size))
+            cell = np.asarray(pil)
+        cells.append(cell)
+    return grid(cells, columns or len(cells), gap, background)
+
+
+def support_box(recon: np.ndarray, margin: int = 0) -> tuple[int, int, int, int] | None:
+    """Rows r0:r1 and columns c0:c1 of the non-zero part of a (3, H, W) reconstruction, or None if all zero.
+
+    A single activation's reconstruction is zero outside its receptive field; crop to this box (as the paper's
+    figures do) with ``recon[:, r0:r1, c0:c1]``.
+    """
+    x = np.asarray(recon)
+    if x.ndim == 4 and x.shape[0] == 1:
+        x = x[0]
+    C, H, W = x.shape
+    nz = np.abs(x).sum(axis=0) > 0
+    rows, cols = np.flatnonzero(nz.any(axis=1)), np.flatnonzero(nz.any(axis=0))
+    if rows.size == 0:
+        return None
+    return (max(int(rows[0]) - margin, 0), min(int(rows[-1]) + 1 + margin, H),
+            max(int(cols[0]) - margin, 0), min(int(cols[-1]) + 1 + margin, W))

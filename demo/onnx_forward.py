@@ -1,0 +1,205 @@
+"""The forward pass in onnxruntime: (N, 3, H, W) images -> probabilities, conv activations, pool switches.
+
+One .onnx file (written by ``python -m export``) carries the graph, the weights and, in its metadata, what the
+demo needs to know: class names, mean/std, input size, layer names and a model card. ``OnnxModel`` reads all
+of it, builds one onnxruntime session (CUDA first when a GPU is present, else CPU) and also exposes the conv
+weights, read from the graph's initializers (batch norm already folded), for the NumPy deconvnet.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
+
+from model import spec
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = REPO_ROOT / "models" / "vgg16_cat12.onnx"  # the model the app and the CLIs use by default
+DEVICES = ("auto", "cuda", "cpu")
+
+
+def resolve_model_path(path: str | Path | None) -> Path:
+    """``path``, or DEFAULT_MODEL when None; raises FileNotFoundError with what to do when it is missing."""
+    p = Path(path) if path is not None else DEFAULT_MODEL
+    if not p.is_file():
+        hint = ("the default model is not there yet: train one (python -m model.train) and export it with "
+                f"`python -m export --checkpoint CKPT --out {DEFAULT_MODEL.relative_to(REPO_ROOT)}`, or pass "
+                "--model FILE.onnx (`python -m export --random --out FILE.onnx` makes a random-weight one)")
+        raise FileNotFoundError(f"no ONNX model at {p}" + (f"; {hint}" if path is None else ""))
+    return p
+
+
+def cuda_device_count() -> int:
+    """Number of CUDA devices the driver reports (0 without a driver or GPU); asks the driver, not onnxruntime.
+
+    onnxruntime-gpu lists CUDAExecutionProvider even on hosts without a GPU and logs an error when it falls back,
+    so the demo asks the driver first and only requests CUDA where it can work.
+    """
+    names = ("nvcuda.dll",) if sys.platform == "win32" else ("libcuda.so.1", "libcuda.so")
+    for name in names:
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        count = ctypes.c_int(0)
+        if lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
+            return 0
+        return count.value
+    return 0
+
+
+def cpu_threads() -> int:
+    """CPU cores this process may use (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _resolve(graph: onnx.GraphProto, name: str) -> np.ndarray:
+    """The constant tensor named ``name``: an initializer, a Constant node's value, or one behind Identity."""
+    for init in graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    for node in graph.node:
+        if name in node.output:
+            if node.op_type == "Constant":
+                return numpy_helper.to_array(node.attribute[0].t)
+            if node.op_type == "Identity":
+                return _resolve(graph, node.input[0])
+    raise ValueError(f"conv weight {name!r} is not a constant of the graph")
+
+
+def conv_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """The 13 conv weights (C_out, C_in, 3, 3) float32 of a VGG16 graph, keyed ``conv1_1`` ... ``conv5_3``.
+
+    Conv nodes are taken in graph order (the exporter writes them in execution order) and checked against
+    VGG16's channel plan, so a graph with a different layout is rejected instead of silently misread.
+    """
+    convs = [node for node in model.graph.node if node.op_type == "Conv"]
+    if len(convs) != len(spec.CONV_LAYERS):
+        raise ValueError(f"expected {len(spec.CONV_LAYERS)} Conv nodes (VGG16), found {len(convs)}")
+    weights: dict[str, np.ndarray] = {}
+    in_channels = 3
+    for name, node in zip(spec.CONV_LAYERS, convs, strict=True):
+        w = np.ascontiguousarray(_resolve(model.graph, node.input[1]), dtype=np.float32)
+        expected = (spec.conv_channels(name), in_channels, 3, 3)
+        if w.shape != expected:
+            raise ValueError(f"{name}: Conv weight of shape {w.shape}, expected {expected}")
+        weights[name] = w
+        in_channels = expected[0]
+    return weights
+
+
+class OnnxModel:
+    """An exported VGG16 in onnxruntime, with its metadata and its conv weights.
+
+    Attributes:
+        path: the .onnx file.
+        class_names: one name per class, in output order.
+        mean, std: per-channel RGB normalisation (3,) of the input, on pixels scaled to [0, 1].
+        input_size: side in pixels of the images the model was trained on.
+        layers: conv and pool names in network order; ``conv_layers`` / ``pool_layers`` split them.
+        switch_convention: how the switch outputs index their input plane (``model.spec.SWITCH_CONVENTION``).
+        model_card: the exporter's description (data, accuracy, training config), a dict.
+        weights: conv name -> (C_out, C_in, 3, 3) float32, batch norm folded (for the NumPy deconvnet).
+        providers: the execution providers the session really uses, e.g. ["CPUExecutionProvider"].
+    """
+
+    def __init__(self, path: str | Path | None = None, device: str = "auto", threads: int | None = None) -> None:
+        """Load ``path`` (default DEFAULT_MODEL) on ``device`` ("auto": CUDA if a GPU is present, "cuda", "cpu").
+
+        ``threads``: onnxruntime's intra-op threads on the CPU (default: every core this process may use).
+        """
+        if device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+        self.path = resolve_model_path(path)
+        proto = onnx.load(str(self.path))
+        meta = {p.key: p.value for p in proto.metadata_props}
+        missing = [k for k in (spec.META_CLASS_NAMES, spec.META_MEAN, spec.META_STD, spec.META_INPUT_SIZE)
+                   if k not in meta]
+        if missing:
+            raise ValueError(f"{self.path}: metadata {missing} missing; export the model with `python -m export`")
+        self.class_names: list[str] = json.loads(meta[spec.META_CLASS_NAMES])
+        self.mean = np.asarray(json.loads(meta[spec.META_MEAN]), dtype=np.float32)
+        self.std = np.asarray(json.loads(meta[spec.META_STD]), dtype=np.float32)
+        self.input_size = int(json.loads(meta[spec.META_INPUT_SIZE]))
+        self.layers: list[str] = json.loads(meta.get(spec.META_LAYERS, "null")) or [
+            *spec.CONV_LAYERS, *spec.POOL_LAYERS]
+        self.conv_layers = [n for n in self.layers if n.startswith("conv")]
+        self.pool_layers = [n for n in self.layers if n.startswith("pool")]
+        self.switch_convention: str = json.loads(meta.get(spec.META_SWITCHES, json.dumps(spec.SWITCH_CONVENTION)))
+        self.model_card: dict = json.loads(meta.get(spec.META_MODEL_CARD, "{}"))
+        self.weights = conv_weights(proto)
+        del proto  # the session reads the file itself
+
+        self.session = self._session(device, threads)
+        outputs = {o.name for o in self.session.get_outputs()}
+        absent = [n for n in spec.OUTPUT_NAMES if n not in outputs]
+        if absent:
+            raise ValueError(f"{self.path}: outputs {absent} missing; export the model with `python -m export`")
+        self.providers: list[str] = self.session.get_providers()
+
+    def _session(self, device: str, threads: int | None) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or cpu_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only
+        providers: list = ["CPUExecutionProvider"]
+        want_cuda = device == "cuda" or (device == "auto" and cuda_device_count() > 0)
+        if want_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
+            try:  # without torch in the process, onnxruntime must load the CUDA/cuDNN libraries itself
+                ort.preload_dlls()
+            except Exception as err:  # noqa: BLE001 - any failure here only means "CPU after all"
+                warnings.warn(f"onnxruntime.preload_dlls() failed ({err}); CUDA may be unavailable", stacklevel=3)
+            providers.insert(0, "CUDAExecutionProvider")
+        session = ort.InferenceSession(str(self.path), options, providers=providers)
+        if device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
+            warnings.warn("CUDA was asked for but onnxruntime runs on the CPU", stacklevel=3)
+        return session
+
+    @property
+    def device(self) -> str:
+        """"cuda" when the session runs on the GPU, else "cpu"."""
+        return "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
+
+    def run(self, image: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Forward ``image`` (N, 3, H, W) float32, normalised, H and W multiples of 16.
+
+        Returns probs (N, K) float32, activations {conv name: (N, C, h, w) float32 after ReLU} and switches
+        {pool name: (N, C, h/2, w/2) int64, per-plane indices into the pool's (h, w) input}.
+        """
+        image = self._check(image)
+        values = self.session.run(list(spec.OUTPUT_NAMES), {spec.INPUT_NAME: image})
+        out = dict(zip(spec.OUTPUT_NAMES, values, strict=True))
+        activations = {name: out[name] for name in spec.ACTIVATION_OUTPUTS}
+        switches = {pool: out[spec.switch_output(pool)] for pool in spec.POOL_LAYERS}
+        return out[spec.PROBS_NAME], activations, switches
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, K) of ``image`` (N, 3, H, W) float32 (fetches only ``probs``)."""
+        return self.session.run([spec.PROBS_NAME], {spec.INPUT_NAME: self._check(image)})[0]
+
+    def _check(self, image: np.ndarray) -> np.ndarray:
+        if image.ndim != 4 or image.shape[1] != 3:
+            raise ValueError(f"expected an (N, 3, H, W) image, got shape {image.shape}")
+        N, C, H, W = image.shape
+        smallest = 2 * spec.SIZE_MULTIPLE if self.model_card.get("head") == "torchvision" else spec.SIZE_MULTIPLE
+        if H % spec.SIZE_MULTIPLE or W % spec.SIZE_MULTIPLE or min(H, W) < smallest:
+            raise ValueError(f"height and width must be multiples of {spec.SIZE_MULTIPLE}, at least {smallest} "
+                             f"(torchvision's head pools once more), got {H}x{W}")
+        return np.ascontiguousarray(image, dtype=np.float32)
+
+    def __repr__(self) -> str:
+        return (f"OnnxModel({str(self.path)!r}, {len(self.class_names)} classes, input {self.input_size}px, "
+                f"providers={self.providers})")

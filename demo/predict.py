@@ -1,0 +1,204 @@
+"""``python -m demo.predict``: classify images with an exported model, write a CSV, score against labels.
+
+    python -m demo.predict photos/ --csv predictions.csv
+    python -m demo.predict a.jpg b.png --model models/vgg16_imagenet.onnx --csv out.csv
+    python -m demo.predict --labels ../shared/data/cat12/train_list.txt --csv train.csv   # images of the file
+
+The CSV has one row per image: ``path,class,breed,probability`` (class index, its name, its probability).
+With ``--labels`` (a cat-12 label file, ``<relative path><TAB><label>`` per line) it also prints
+``accuracy: 0.xxxx`` and the confusion matrix (rows: true class, columns: predicted) over the images that
+have a label; without image arguments it classifies every image the label file lists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from demo.onnx_forward import DEVICES, OnnxModel
+from demo.preprocess import RESIZE_MODES, load_image, preprocess
+from model.data import parse_label_file
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class PredictConfig:
+    """One classification run; every field is a command-line option of the same name."""
+
+    inputs: list[str] = field(default_factory=list)  # image files and folders (searched recursively)
+    csv: str = "predictions.csv"  # where to write the predictions
+    labels: str | None = None  # a cat-12 label file: report accuracy and the confusion matrix
+    model: str | None = None  # .onnx file; default models/vgg16_cat12.onnx
+    batch_size: int = 16  # images per onnxruntime call
+    resize: str = "crop"  # crop (short side, centre square) or stretch
+    device: str = "auto"  # auto (CUDA if present), cuda, cpu
+    confusion_png: str | None = None  # also draw the confusion matrix here (needs matplotlib)
+
+
+def parse_args(argv: list[str] | None = None) -> PredictConfig:
+    """Fill a PredictConfig from the command line."""
+    p = argparse.ArgumentParser(prog="python -m demo.predict", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="*", metavar="IMAGES_OR_FOLDER",
+                   help="image files and/or folders (recursive); default with --labels: the label file's images")
+    p.add_argument("--csv", required=True, metavar="OUT.csv", help="where to write path,class,breed,probability")
+    p.add_argument("--labels", metavar="LABEL_FILE", help="cat-12 label file: print accuracy and confusion matrix")
+    p.add_argument("--model", metavar="FILE.onnx",
+                   help="exported model (default: models/vgg16_cat12.onnx in the repository)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: %(default)s)")
+    p.add_argument("--resize", choices=RESIZE_MODES, default="crop",
+                   help="crop: short side to the input size, centre square; stretch: whole image squashed "
+                        "(default: %(default)s)")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="onnxruntime device (default: %(default)s)")
+    p.add_argument("--confusion-png", metavar="FILE.png", help="with --labels: also plot the confusion matrix")
+    args = p.parse_args(argv)
+    if not args.inputs and not args.labels:
+        p.error("give images or folders, or --labels LABEL_FILE")
+    if args.batch_size < 1:
+        p.error("--batch-size must be at least 1")
+    return PredictConfig(**{f.name: getattr(args, f.name) for f in fields(PredictConfig)})
+
+
+def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Image files named by ``inputs``: files as given, folders searched recursively (sorted)."""
+    found: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif item.is_file():
+            found.append(item)
+        else:
+            raise FileNotFoundError(f"no such file or folder: {item}")
+    return found
+
+
+def _batches(paths: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
+    for i in range(0, len(paths), size):
+        yield paths[i : i + size]
+
+
+def classify(model: OnnxModel, paths: Sequence[Path], batch_size: int = 16,
+             resize: str = "crop") -> tuple[list[Path], np.ndarray, list[str]]:
+    """Probabilities (M, K) of the images that could be read, their paths, and messages for those that could not."""
+    done, probs, errors = [], [], []
+    with tqdm(total=len(paths), unit="img", disable=len(paths) < 32, file=sys.stderr) as bar:
+        for batch in _batches(paths, batch_size):
+            tensors = []
+            for path in batch:
+                try:
+                    image = load_image(path)
+                except (OSError, ValueError) as err:  # unreadable or not an image
+                    errors.append(f"{path}: {err}")
+                    continue
+                tensors.append(preprocess(image, model.input_size, model.mean, model.std, resize))
+                done.append(path)
+            if tensors:
+                probs.append(model.predict(np.concatenate(tensors)))
+            bar.update(len(batch))
+    K = len(model.class_names)
+    return done, (np.concatenate(probs) if probs else np.zeros((0, K), np.float32)), errors
+
+
+def confusion_matrix(true: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """(K, K) int64 counts: row = true class, column = predicted class."""
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(true), np.asarray(pred)), 1)
+    return cm
+
+
+def format_confusion(cm: np.ndarray, names: Sequence[str]) -> str:
+    """The confusion matrix as a text table (rows and columns by class index) and a legend of the indices."""
+    K = cm.shape[0]
+    width = max(4, len(str(cm.max(initial=0))) + 1)
+    lines = ["true\\pred" + "".join(f"{j:>{width}}" for j in range(K))]
+    lines += [f"{i:>9}" + "".join(f"{v:>{width}}" for v in cm[i]) for i in range(K)]
+    lines.append("classes: " + ", ".join(f"{i} {name}" for i, name in enumerate(names)))
+    return "\n".join(lines)
+
+
+def plot_confusion(cm: np.ndarray, names: Sequence[str], path: str | Path) -> None:
+    """Save the confusion matrix as a picture (matplotlib, imported only here)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    K = cm.shape[0]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * K, 0.8 + 0.5 * K))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(K), names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(K), names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(K):
+        for j in range(K):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(config: PredictConfig) -> dict:
+    """Do the run that ``config`` describes; return {"paths", "probs", "accuracy", "confusion"}."""
+    model = OnnxModel(config.model, device=config.device)
+    samples = parse_label_file(config.labels) if config.labels else []
+    labelled = {s.path.resolve(): s.label for s in samples}
+    paths = collect_images(config.inputs) if config.inputs else [s.path for s in samples]
+    paths, probs, errors = classify(model, paths, config.batch_size, config.resize)
+    for message in errors:
+        print(f"skipped {message}", file=sys.stderr)
+    pred = probs.argmax(axis=1) if len(probs) else np.zeros(0, np.int64)
+
+    Path(config.csv).parent.mkdir(parents=True, exist_ok=True)
+    with open(config.csv, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "class", "breed", "probability"])
+        for path, p, c in zip(paths, probs, pred, strict=True):
+            writer.writerow([str(path), int(c), model.class_names[c], f"{p[c]:.6f}"])
+    print(f"wrote {len(paths)} predictions to {config.csv}")
+
+    result = {"paths": paths, "probs": probs, "accuracy": None, "confusion": None}
+    if config.labels:
+        K = len(model.class_names)
+        keep = [i for i, p in enumerate(paths) if p.resolve() in labelled]
+        true = np.array([labelled[paths[i].resolve()] for i in keep], dtype=np.int64)
+        if len(keep) < len(paths):
+            print(f"{len(paths) - len(keep)} image(s) have no label in {config.labels}; not scored", file=sys.stderr)
+        if true.size and true.max() >= K:
+            raise ValueError(f"label {true.max()} in {config.labels}, but the model has {K} classes")
+        if not keep:
+            print("accuracy: n/a (no labelled image)")
+            return result
+        cm = confusion_matrix(true, pred[keep], K)
+        result.update(accuracy=float(np.trace(cm) / cm.sum()), confusion=cm)
+        print(f"labelled images: {len(keep)}")
+        print(f"accuracy: {result['accuracy']:.4f}")
+        print("confusion matrix (rows: true class, columns: predicted class)")
+        print(format_confusion(cm, model.class_names))
+        if config.confusion_png:
+            plot_confusion(cm, model.class_names, config.confusion_png)
+            print(f"wrote {config.confusion_png}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    try:
+        run(config)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

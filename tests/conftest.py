@@ -1,0 +1,123 @@
+"""Shared fixtures: a tiny random-weight VGG16 with batch norm, its exported .onnx file, small generated images.
+
+"Tiny" means tiny inputs: the network is VGG16 itself (the layer plan is fixed), but every test feeds it 32x32
+or 64x64 images, so the suite stays fast on a 2-core machine. Nothing here needs ../shared or a download.
+"""
+
+from __future__ import annotations
+
+import os
+
+# The test machines are small and shared (2 cores, a training run in the background): multithreaded BLAS and
+# OpenMP on tiny arrays only spin against each other. One thread each unless the caller chose otherwise; this
+# must run before NumPy and torch are imported.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+TINY_SIZE = 32  # input side of the tiny model's metadata and of most test images
+
+
+def random_bn_vgg(seed: int = 0):
+    """VGG16 with batch norm whose BN statistics and affine parameters are random (so folding matters)."""
+    import torch
+
+    from model.vgg import VGG
+
+    torch.manual_seed(seed)
+    model = VGG(batch_norm=True)
+    with torch.no_grad():
+        for bn in model.bns.values():
+            bn.running_mean.normal_(0.0, 0.2)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.normal_(0.0, 0.1)
+        for conv in model.convs.values():
+            conv.bias.normal_(0.0, 0.05)
+    return model.eval()
+
+
+def check_images(size: int = TINY_SIZE) -> list[np.ndarray]:
+    """The export check's three inputs, kept small: one image, a batch of two, a non-square one."""
+    rng = np.random.default_rng(123)
+    shapes = [(1, 3, size, size), (2, 3, size, size), (1, 3, size + 16, size)]
+    return [rng.standard_normal(shape, dtype=np.float32) for shape in shapes]
+
+
+@pytest.fixture(scope="session")
+def tiny_vgg():
+    """The random-weight VGG16 with random batch-norm statistics (eval mode); do not modify it."""
+    return random_bn_vgg()
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_vgg, tmp_path_factory) -> dict:
+    """``tiny_vgg`` exported once per session: the export report, with ``path`` the .onnx file."""
+    from export.onnx_export import export_onnx
+
+    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    card = {"data": "none: random weights (tests)", "val_acc": 0.5}
+    return export_onnx(tiny_vgg, path, input_size=TINY_SIZE, model_card=card, check_images=check_images())
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_export) -> Path:
+    """Path of the tiny model's .onnx file."""
+    return Path(tiny_export["path"])
+
+
+@pytest.fixture(scope="session")
+def onnx_model(tiny_onnx):
+    """The tiny model loaded in onnxruntime on the CPU (a ``demo.onnx_forward.OnnxModel``)."""
+    from demo.onnx_forward import OnnxModel
+
+    return OnnxModel(tiny_onnx, device="cpu")
+
+
+def make_image(mode: str = "RGB", size: tuple[int, int] = (48, 40), seed: int = 0) -> Image.Image:
+    """A small synthetic picture (smooth gradients plus a square) in any Pillow mode; size is (width, height)."""
+    w, h = size
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    rgb = np.stack([255 * xx / max(w - 1, 1), 255 * yy / max(h - 1, 1), np.full((h, w), 96.0)], axis=2)
+    rgb[h // 4 : h // 2, w // 4 : w // 2] = rng.integers(0, 256, 3)
+    image = Image.fromarray(rgb.astype(np.uint8))
+    if mode == "RGBA":
+        alpha = np.where(xx < w // 2, 255, 0).astype(np.uint8)  # left half opaque, right half transparent
+        image = image.convert("RGBA")
+        image.putalpha(Image.fromarray(alpha))
+        return image
+    if mode == "I;16":
+        return Image.fromarray(np.asarray(image.convert("L"), np.uint16) * 257)  # mode I;16
+    return image.convert(mode)
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    """A folder with five small images of different formats and modes, and a cat-12 label file for them."""
+    folder = tmp_path / "images"
+    (folder / "sub").mkdir(parents=True)
+    files = {
+        "a.jpg": make_image("RGB", (40, 32), 1),
+        "b.png": make_image("RGBA", (32, 48), 2),
+        "c.png": make_image("L", (64, 64), 3),
+        "sub/d.png": make_image("P", (33, 35), 4),
+        "sub/e.bmp": make_image("RGB", (24, 24), 5),
+    }
+    lines = []
+    for i, (name, image) in enumerate(files.items()):
+        image.save(folder / name)
+        lines.append(f"{name}\t{i % 3}")
+    (folder / "labels.txt").write_text("\n".join(lines) + "\n")
+    return folder
