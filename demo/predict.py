@@ -184,6 +184,9 @@ def run(config: PredictConfig) -> dict:
         print(f"accuracy: {result['accuracy']:.4f}")
         print("confusion matrix (rows: true class, columns: predicted class)")
         print(format_confusion(cm, model.class_names))
+        print("per-class accuracy (recall):")
+        for name, correct, total in zip(model.class_names, np.diag(cm), cm.sum(axis=1), strict=True):
+            print(f"  {name:<20} {correct / total if total else float('nan'):.4f}  ({correct}/{total})")
         if config.confusion_png:
             plot_confusion(cm, model.class_names, config.confusion_png)
             print(f"wrote {config.confusion_png}")

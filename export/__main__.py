@@ -94,6 +94,10 @@ def build(config: ExportConfig) -> tuple[VGG, list[str], int, dict]:
                     card[key] = meta[key]
             if "config" in meta:
                 card["training_config"] = meta["config"]
+            history = meta.get("history") or []
+            if history:
+                card["epochs_trained"] = history[-1]["epoch"]
+                card["training_wall_time_s"] = round(sum(row.get("seconds", 0) for row in history))
     if config.class_names:
         names = [line.strip() for line in Path(config.class_names).read_text().splitlines() if line.strip()]
     else:
