@@ -1,0 +1,124 @@
+"""``python app.py``: serve the deconvnet demo (Gradio) on the embedded model, or on any exported VGG16.
+
+    python app.py                                  # models/vgg16_cat12.onnx on http://127.0.0.1:7860
+    python app.py --model my_vgg.onnx --port 8080  # your own export (python -m export ...)
+    python app.py --host 0.0.0.0 --share           # reachable from the network, and through a public gradio.live link
+
+It prints the URL and the onnxruntime execution provider that runs the network (CUDA when a GPU is usable,
+else CPU). On a Hugging Face Space the host and port come from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, fields
+
+
+def _env_port() -> int | None:
+    value = os.environ.get("GRADIO_SERVER_PORT", "")
+    return int(value) if value.isdigit() else None
+
+
+@dataclass
+class AppConfig:
+    """How to serve the app; every field is a command-line option of the same name."""
+
+    model: str | None = None  # .onnx file written by `python -m export`; None: models/vgg16_cat12.onnx
+    host: str = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")  # 0.0.0.0 to listen on every interface
+    port: int | None = _env_port()  # None: 7860, or the next free port
+    share: bool = False  # also open a public *.gradio.live link
+    device: str = "auto"  # onnxruntime device: auto (CUDA if a GPU is present), cuda, cpu
+    threads: int | None = None  # CPU threads for onnxruntime and NumPy's BLAS; None: every core this process has
+    concurrency: int = 1  # requests computed at once (more queue up)
+    queue_size: int = 64  # requests allowed to wait; beyond that users are told the app is busy
+    cache: int = 4  # uploads whose results are kept, so that changing a view does not recompute
+    atlas: str | None = None  # folder of a precomputed dataset atlas (placeholder: not used yet)
+
+
+def parse_args(argv: list[str] | None = None) -> AppConfig:
+    """Fill an AppConfig from the command line."""
+    defaults = AppConfig()
+    p = argparse.ArgumentParser(prog="python app.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", metavar="FILE.onnx",
+                   help="exported model (python -m export ...); default: models/vgg16_cat12.onnx")
+    p.add_argument("--host", default=defaults.host, help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=defaults.port, help="port (default: 7860 or the next free one)")
+    p.add_argument("--share", action="store_true", help="also create a public gradio.live link")
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                   help="where onnxruntime runs the network (default: %(default)s)")
+    p.add_argument("--threads", type=int, help="CPU threads for onnxruntime and NumPy (default: all cores)")
+    p.add_argument("--concurrency", type=int, default=defaults.concurrency,
+                   help="requests computed at the same time; the others wait in the queue (default: %(default)s)")
+    p.add_argument("--queue-size", dest="queue_size", type=int, default=defaults.queue_size,
+                   help="requests that may wait in the queue (default: %(default)s)")
+    p.add_argument("--cache", type=int, default=defaults.cache,
+                   help="uploads whose forward pass and projections are kept in memory (default: %(default)s)")
+    p.add_argument("--atlas", metavar="DIR", help="precomputed dataset atlas folder (reserved; not used yet)")
+    args = p.parse_args(argv)
+    config = AppConfig(**{f.name: getattr(args, f.name) for f in fields(AppConfig)})
+    for name in ("concurrency", "queue_size"):
+        if getattr(config, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if config.threads is not None and config.threads < 1:
+        p.error("--threads must be at least 1")
+    if config.cache < 0:
+        p.error("--cache must be 0 or more")
+    return config
+
+
+def set_threads(threads: int | None) -> int:
+    """Size NumPy's BLAS/OpenMP thread pools (must run before NumPy is imported); returns the thread count."""
+    if threads is None:
+        try:
+            threads = len(os.sched_getaffinity(0))
+        except AttributeError:
+            threads = os.cpu_count() or 1
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, str(threads))
+    else:
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(threads)
+    return threads
+
+
+def serve(config: AppConfig, block: bool = True):
+    """Load the model, build the page and serve it; returns (demo, pipeline, local_url) when ``block`` is False."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    threads = set_threads(config.threads)
+    from demo.pipeline import Pipeline, PipelineConfig
+
+    pipeline = Pipeline.from_path(config.model, device=config.device, threads=threads,
+                                  config=PipelineConfig(cache_size=config.cache))
+    from demo.ui import build_demo, launch  # Gradio is slow to import: only once the model loaded
+
+    demo = build_demo(pipeline, concurrency=config.concurrency, queue_size=config.queue_size)
+    _, local_url, share_url = launch(demo, config.host, config.port, config.share, prevent_thread_lock=True,
+                                     quiet=not block)
+    print(f"Deconvnet demo on {local_url}" + (f" and {share_url}" if share_url else ""))
+    print(f"model {pipeline.model.path}; onnxruntime provider: {pipeline.provider} ({threads} CPU threads)")
+    if config.atlas:
+        print(f"--atlas {config.atlas}: the dataset atlas is not available in this version; ignored")
+    if not block:
+        return demo, pipeline, local_url
+    try:
+        demo.block_thread()
+    finally:
+        pipeline.close()
+    return demo, pipeline, local_url
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    try:
+        serve(config)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

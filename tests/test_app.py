@@ -1,0 +1,559 @@
+"""The Gradio app: demo/pipeline.py unit tests (no Gradio), and the served app through its HTTP API (gradio_client).
+
+The app runs in-process on a free localhost port, on the tiny random-weight model of conftest.py (32 x 32 inputs),
+with the cache off (every request recomputes) and two requests computed at once, so that the concurrency test
+really runs the pipeline in parallel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import socket
+import struct
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, TINY_SIZE, make_image
+from PIL import Image, ImageOps
+
+from demo import display
+from demo.deconv_numpy import Deconvnet, top_channels
+from demo.pipeline import (
+    GridLayout,
+    InputError,
+    Limits,
+    Pipeline,
+    PipelineConfig,
+    Timings,
+    decode,
+    feature_grid,
+    open_upload,
+    top_predictions,
+)
+from demo.preprocess import preprocess, to_rgb
+from model.spec import CONV_LAYERS, MEAN, STD, conv_channels
+
+# --- inputs, good and bad ---------------------------------------------------------------------------------------
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height RGB pixels and whose data is empty: a decompression bomb's shape,
+    refused (or not) from the header alone."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def jpeg_with_orientation(orientation: int = 6) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encoded(make_image("RGB", (48, 40), 7), "JPEG", exif=exif, quality=95)
+
+
+def animated_gif() -> bytes:
+    frames = [make_image("RGB", (40, 40), seed).convert("P") for seed in range(3)]
+    return encoded(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+
+
+# name -> (file bytes, words the error message must contain)
+BAD_INPUTS: dict[str, tuple[bytes, str]] = {
+    "empty.png": (b"", "empty"),
+    "noise.jpg": (np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes(), "not a picture"),
+    "text.png": (b"This is a text file, not a picture.\n" * 20, "not a picture"),
+    "truncated.jpg": (encoded(make_image("RGB", (64, 64)), "JPEG", quality=95)[:700], "truncated"),
+    "bomb_48mp.png": (png_header(8000, 6000), "megapixels"),  # our 40 MP limit, from the header
+    "bomb_100mp.png": (png_header(10_000, 10_000), "megapixels"),  # Pillow's DecompressionBombWarning
+    "bomb_400mp.png": (png_header(20_000, 20_000), "megapixels"),  # Pillow's DecompressionBombError
+    "strip.png": (encoded(Image.new("RGB", (30_000, 1)), "PNG"), "thin"),  # huge side, 6.7 gigapixels once resized
+}
+
+# name -> file bytes; all must work (a warning at most)
+GOOD_INPUTS: dict[str, bytes] = {
+    "palette.png": encoded(make_image("P"), "PNG"),
+    "rgba.png": encoded(make_image("RGBA"), "PNG"),
+    "grey.png": encoded(make_image("L"), "PNG"),
+    "cmyk.jpg": encoded(make_image("CMYK"), "JPEG"),
+    "grey16.png": encoded(make_image("I;16"), "PNG"),
+    "one_pixel.png": encoded(Image.new("RGB", (1, 1), (200, 120, 40)), "PNG"),
+    "rotated.jpg": jpeg_with_orientation(6),
+    "animated.gif": animated_gif(),
+}
+
+
+@pytest.fixture(scope="module")
+def pipeline(onnx_model) -> Pipeline:
+    p = Pipeline(onnx_model, PipelineConfig(cache_size=2))
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def cat_png(tmp_path) -> Path:
+    path = tmp_path / "cat.png"
+    make_image("RGB", (48, 40), 3).save(path)
+    return path
+
+
+# --- demo/pipeline.py without Gradio ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
+def test_decode_refuses_bad_input_with_a_reason(name):
+    data, words = BAD_INPUTS[name]
+    with pytest.raises(InputError, match=words):
+        decode(data)
+
+
+def test_pillow_bomb_paths_are_caught_even_above_our_own_limit():
+    generous = Limits(max_pixels=10**12, max_aspect=10**6)
+    assert Image.MAX_IMAGE_PIXELS and 10_000 * 10_000 > Image.MAX_IMAGE_PIXELS  # Pillow warns at this size
+    for width, height in [(10_000, 10_000), (20_000, 20_000)]:  # warning, error
+        with pytest.raises(InputError, match="megapixels"):
+            decode(png_header(width, height), generous)
+
+
+def test_open_upload_sources(tmp_path):
+    path = tmp_path / "x.png"
+    path.write_bytes(GOOD_INPUTS["palette.png"])
+    import base64
+
+    url = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+    uploads = [open_upload(path), open_upload(str(path)), open_upload(path.read_bytes()),
+               open_upload({"path": str(path)}), open_upload({"path": None, "url": url})]
+    for u in uploads:
+        assert u.image.mode == "RGB" and u.digest == uploads[0].digest
+        assert np.array_equal(np.asarray(u.image), np.asarray(uploads[0].image))
+    for missing in (None, {"path": None, "url": None}):
+        with pytest.raises(InputError, match="No image"):
+            open_upload(missing)
+    with pytest.raises(InputError, match="could not be found"):
+        open_upload(tmp_path / "gone.png")
+    with pytest.raises(InputError, match="MB"):
+        open_upload(path, Limits(max_bytes=10))
+
+
+@pytest.mark.parametrize("name", sorted(GOOD_INPUTS))
+def test_decode_accepts_every_kind_of_picture(name):
+    upload = decode(GOOD_INPUTS[name])
+    assert upload.image.mode == "RGB"
+    assert np.array_equal(np.asarray(upload.image), np.asarray(to_rgb(Image.open(io.BytesIO(GOOD_INPUTS[name])))))
+
+
+def test_exif_rotation_and_animation_are_applied_and_told():
+    rotated = decode(GOOD_INPUTS["rotated.jpg"])
+    upright = ImageOps.exif_transpose(Image.open(io.BytesIO(GOOD_INPUTS["rotated.jpg"]))).convert("RGB")
+    assert rotated.size == (48, 40) and rotated.image.size == (40, 48)  # orientation 6: turned a quarter
+    assert np.array_equal(np.asarray(rotated.image), np.asarray(upright))
+    assert any("EXIF" in note for note in rotated.notes)
+
+    gif = decode(GOOD_INPUTS["animated.gif"])
+    first = Image.open(io.BytesIO(GOOD_INPUTS["animated.gif"])).convert("RGB")  # Pillow opens on frame 0
+    assert np.array_equal(np.asarray(gif.image), np.asarray(first))
+    assert any("first frame (of 3)" in note for note in gif.notes)
+    assert decode(GOOD_INPUTS["grey.png"]).notes == []
+
+
+def test_tiny_images_are_enlarged_with_a_warning(pipeline):
+    fwd, _ = pipeline.forward(GOOD_INPUTS["one_pixel.png"])
+    assert fwd.x.shape == (1, 3, TINY_SIZE, TINY_SIZE) and any("1 x 1 pixels" in note for note in fwd.notes)
+    assert np.allclose(fwd.x, fwd.x[:, :, :1, :1])  # one colour everywhere
+    fwd, _ = pipeline.forward(encoded(make_image("RGB", (20, 24)), "PNG"))  # 20 px: not "far smaller" than 32
+    assert fwd.notes == []
+
+
+def test_grid_layout_channel_at_by_hand():
+    layout = GridLayout(channels=5, columns=3, tile_h=4, tile_w=4, gap=1)  # 2 rows: 0 1 2 / 3 4 .
+    assert layout.rows == 2 and layout.size == (9, 14)
+    assert layout.channel_at(0, 0) == 0 and layout.channel_at(3.9, 3.9) == 0
+    assert layout.channel_at(5, 0) == 1 and layout.channel_at(13, 3) == 2
+    assert layout.channel_at(4, 0) is None and layout.channel_at(0, 4) is None  # the gaps
+    assert layout.channel_at(0, 5) == 3 and layout.channel_at(6, 8) == 4
+    assert layout.channel_at(10, 5) is None  # no sixth channel
+    assert layout.channel_at(-1, 0) is None and layout.channel_at(14, 0) is None and layout.channel_at(0, 9) is None
+
+
+def test_feature_grid_tiles_each_channel_where_the_layout_says():
+    rng = np.random.default_rng(1)
+    for C, side in [(7, 3), (64, 224), (10, 40)]:  # enlarged, shrunk, as is
+        act = np.maximum(rng.standard_normal((C, side, side), dtype=np.float32), 0)
+        act[2] = 0  # a silent channel
+        picture, flags, layout = feature_grid(act, "minmax")
+        assert picture.shape == (*layout.size, 3) and picture.dtype == np.uint8
+        assert flags.tolist() == [c == 2 for c in range(C)]
+        assert layout.size[1] <= 1100 and min(layout.tile_h, layout.tile_w) >= min(side, 32)
+        for c in range(C):
+            row, col = divmod(c, layout.columns)
+            y, x = row * (layout.tile_h + layout.gap), col * (layout.tile_w + layout.gap)
+            assert layout.channel_at(x + layout.tile_w // 2, y + layout.tile_h // 2) == c
+            tile = picture[y : y + layout.tile_h, x : x + layout.tile_w]
+            alone, _ = display.map_image(act[c], "minmax")
+            if layout.tile_h >= side:
+                expected = display.upscale(alone, layout.tile_h // side)
+                assert np.array_equal(tile, expected)
+            else:  # shrunk by box averaging: close to the block means of the picture
+                f = side // layout.tile_h
+                means = alone[: layout.tile_h * f, : layout.tile_w * f].reshape(
+                    layout.tile_h, f, layout.tile_w, f, 3).mean(axis=(1, 3))
+                assert np.abs(tile.astype(np.float64) - means).max() <= 1.0
+        assert np.all(picture[: layout.tile_h, layout.tile_w] == 255)  # the gap is white
+
+
+def test_top_predictions():
+    probs = np.array([0.1, 0.5, 0.05, 0.2, 0.15], np.float32)
+    top = top_predictions(probs, list("abcde"), 3)
+    assert list(top) == ["b", "d", "e"] and top["b"] == pytest.approx(0.5)
+
+
+def test_timings_markdown_names_every_stage():
+    t = Timings(0.004, 0.25, 1.5, 0.03)
+    text = t.markdown("CPUExecutionProvider")
+    for word in ("preprocess 4 ms", "forward 250 ms", "deconvnet 1.50 s", "encoding 30 ms", "total 1.78 s", "CPU"):
+        assert word in text
+    assert t.as_dict()["total"] == pytest.approx(1784.0)
+    again = Timings(encoding=0.01, cached=True, first=t)
+    assert "from the cache" in again.markdown() and "1.78 s" in again.markdown()
+
+
+def test_analyse_streams_13_layers_that_match_the_deconvnet(pipeline, onnx_model, cat_png):
+    steps = list(pipeline.analyse(cat_png, "signed"))
+    assert [len(s.layers) for s in steps] == list(range(13)) + [13]
+    assert [s.done for s in steps] == [False] * 13 + [True]
+    final = steps[-1]
+    assert [caption.split()[0] for _, caption in final.layers] == list(CONV_LAYERS)
+    x = preprocess(Image.open(cat_png), TINY_SIZE, MEAN, STD)
+    probs, acts, switches = onnx_model.run(x)
+    assert final.prediction == top_predictions(probs[0], onnx_model.class_names)
+    data = np.load(final.npz)
+    assert sorted(data.files) == sorted(["input", "probs", *(f"{name}/layer" for name in CONV_LAYERS)])
+    np.testing.assert_array_equal(data["input"], x)
+    deconvnet = Deconvnet(onnx_model.weights)
+    for (path, _), name in zip(final.layers, CONV_LAYERS, strict=True):
+        expected = deconvnet.project(acts, switches, name, "layer").images[0]
+        np.testing.assert_allclose(data[f"{name}/layer"], expected, rtol=1e-5, atol=1e-6)
+        picture, _ = display.reconstruction_image(data[f"{name}/layer"], "signed")
+        assert np.array_equal(np.asarray(Image.open(path)), picture)  # the PNG holds exactly the display picture
+    assert final.timings.forward > 0 and final.timings.deconvnet > 0 and final.timings.encoding > 0
+
+
+def test_cache_serves_identical_results_and_says_so(pipeline, cat_png, tmp_path):
+    first = pipeline.analyse_all(cat_png)
+    copy = tmp_path / "copy.png"
+    copy.write_bytes(cat_png.read_bytes())  # same bytes, other name: same entry
+    second = pipeline.analyse_all(copy)
+    assert second.timings.cached and second.timings.deconvnet == 0 and second.timings.first is not None
+    for (a, _), (b, _) in zip(first.layers, second.layers, strict=True):
+        assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+    uncached = Pipeline(pipeline.model, PipelineConfig(cache_size=0))
+    try:
+        assert not uncached.analyse_all(cat_png).timings.cached and not uncached.analyse_all(cat_png).timings.cached
+    finally:
+        uncached.close()
+
+
+def test_explore_shows_the_k_strongest_channels_each_projected_alone(pipeline, onnx_model, cat_png):
+    layer, k = "conv3_1", 4
+    result = pipeline.explore(cat_png, layer, k, "minmax")
+    x = preprocess(Image.open(cat_png), TINY_SIZE, MEAN, STD)
+    _, acts, switches = onnx_model.run(x)
+    channels, values = top_channels(acts[layer], k)
+    assert result.channels == channels[0].tolist()
+    np.testing.assert_allclose(result.values, values[0], rtol=1e-6)
+    assert [cap for _, cap in result.topk] == [f"ch {c} · {v:.3g}" for c, v in zip(channels[0], values[0], strict=True)]
+    assert result.selected.channel == channels[0, 0] and result.layout == pipeline.grid_layout(layer)
+    assert Image.open(result.grid).size == result.layout.size[::-1]
+    assert Image.open(result.merged).size == (224, 224)  # 32 px enlarged 7 times for the page
+
+    c = int(channels[0, 2])
+    view = pipeline.channel(cat_png, layer, c, "minmax")
+    expected = Deconvnet(onnx_model.weights).project(acts, switches, layer, "channel", channel=c).images[0]
+    picture, _ = display.reconstruction_image(expected, "minmax")
+    assert np.array_equal(np.asarray(Image.open(view.projection)), display.upscale(picture, 7))
+    assert view.value == pytest.approx(float(acts[layer][0, c].max()))
+    assert f"channel {c}" in view.caption
+    assert Image.open(view.crop).size == Image.open(view.patch).size
+
+
+def test_pipeline_refuses_bad_requests(pipeline, cat_png):
+    with pytest.raises(InputError, match="layer"):
+        pipeline.explore(cat_png, "conv6_1")
+    with pytest.raises(InputError, match="between 1 and 64"):
+        pipeline.explore(cat_png, "conv1_1", k=65)
+    with pytest.raises(InputError, match="channels 0 to 63"):
+        pipeline.channel(cat_png, "conv1_2", 64)
+    with pytest.raises(InputError, match="whole number"):
+        pipeline.channel(cat_png, "conv1_2", "three")
+    with pytest.raises(InputError, match="normalisation"):
+        pipeline.analyse_all(cat_png, "log")
+    with pytest.raises(InputError, match="resize"):
+        pipeline.analyse_all(cat_png, "minmax", "zoom")
+
+
+def test_channel_at_follows_the_layer_grid(pipeline):
+    for layer in ("conv1_1", "conv5_3"):
+        layout = pipeline.grid_layout(layer)
+        assert layout.channels == conv_channels(layer)
+        last = layout.channels - 1
+        row, col = divmod(last, layout.columns)
+        x, y = col * (layout.tile_w + 1) + 1, row * (layout.tile_h + 1) + 1
+        assert pipeline.channel_at(layer, x, y) == last
+
+
+# --- the served app ---------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_app(model: Path, printed: io.StringIO | None = None, **overrides):
+    """``python app.py --model MODEL`` in-process on a free port; yields (url, demo, pipeline).
+
+    What the app prints goes to ``printed`` when given.
+    """
+    from app import AppConfig, serve
+
+    config = AppConfig(model=str(model), host="127.0.0.1", port=free_port(), threads=1,
+                       **{"cache": 0, "concurrency": 2, **overrides})
+    with contextlib.redirect_stdout(printed) if printed is not None else contextlib.nullcontext():
+        demo, pipeline, url = serve(config, block=False)
+    try:
+        yield url, demo, pipeline
+    finally:
+        demo.close()
+        pipeline.close()
+
+
+@pytest.fixture(scope="module")
+def printed() -> io.StringIO:
+    return io.StringIO()
+
+
+@pytest.fixture(scope="module")
+def app(tiny_onnx, printed):
+    with running_app(tiny_onnx, printed) as served:
+        yield served
+
+
+def new_client(url: str):
+    """A gradio_client that leaves the result files on the server (``fetch`` gets them; its own downloads are slow)."""
+    from gradio_client import Client
+
+    return Client(url, verbose=False, download_files=False)
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    return new_client(app[0])
+
+
+def fetch(file: dict) -> bytes:
+    """The bytes of a result file (a gradio_client FileData dict) over HTTP."""
+    import requests
+
+    response = requests.get(file["url"], timeout=60)
+    assert response.status_code == 200, file
+    return response.content
+
+
+def picture(file: dict) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(fetch(file))))
+
+
+def write(tmp_path: Path, name: str, data: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def analyse(client, path: Path, norm: str = "minmax"):
+    from gradio_client import handle_file
+
+    return client.predict(handle_file(str(path)), norm, "crop", api_name="/analyse")
+
+
+def pixels(result) -> dict:
+    """An /analyse result reduced to what a user sees: label, captions and the pixels of every picture."""
+    label, gallery, network_input, npz, _ = result
+    return {"label": [(c["label"], c["confidence"]) for c in label["confidences"]],
+            "captions": [item["caption"] for item in gallery],
+            "layers": [picture(item["image"]) for item in gallery],
+            "input": picture(network_input),
+            "npz": dict(np.load(io.BytesIO(fetch(npz))).items())}
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a["label"] == b["label"] and a["captions"] == b["captions"]
+    assert all(np.array_equal(x, y) for x, y in zip(a["layers"], b["layers"], strict=True))
+    assert np.array_equal(a["input"], b["input"])
+    assert a["npz"].keys() == b["npz"].keys() and all(np.array_equal(a["npz"][k], b["npz"][k]) for k in a["npz"])
+
+
+def test_app_prints_url_and_provider(app, printed):
+    url, _, pipeline = app
+    out = printed.getvalue()
+    assert url in out and "onnxruntime provider: CPUExecutionProvider" in out
+    assert pipeline.provider == "CPUExecutionProvider"
+
+
+def test_good_path_returns_prediction_13_layers_and_timings(client, onnx_model, cat_png):
+    label, gallery, network_input, npz, timings = analyse(client, cat_png)
+    x = preprocess(Image.open(cat_png), TINY_SIZE, MEAN, STD)
+    probs, acts, switches = onnx_model.run(x)
+    top = top_predictions(probs[0], onnx_model.class_names)
+    assert [(c["label"], pytest.approx(c["confidence"], rel=1e-6)) for c in label["confidences"]] == list(top.items())
+    assert label["label"] == next(iter(top)) and len(label["confidences"]) == 5
+    assert [item["caption"] for item in gallery] == list(CONV_LAYERS)
+    deconvnet = Deconvnet(onnx_model.weights)
+    for item, layer in zip(gallery, CONV_LAYERS, strict=True):
+        expected, _ = display.reconstruction_image(deconvnet.project(acts, switches, layer, "layer").images[0])
+        assert np.array_equal(picture(item["image"]), expected)
+    assert picture(network_input).shape == (224, 224, 3)  # enlarged for the page
+    data = np.load(io.BytesIO(fetch(npz)))
+    assert sorted(data.files) == sorted(["input", "probs", *(f"{n}/layer" for n in CONV_LAYERS)])
+    np.testing.assert_array_equal(data["input"], x)
+    for stage in ("preprocess", "forward", "deconvnet", "encoding", "total", "CPU"):
+        assert stage in timings
+
+
+def test_explore_and_channel_endpoints(client, cat_png):
+    from gradio_client import handle_file
+
+    out = client.predict(handle_file(str(cat_png)), "conv4_2", 5, "percentile", "crop", api_name="/explore")
+    grid, merged, topk, number, fmap, projection, crop, patch, caption, summary, timings = out
+    assert len(topk) == 5 and all(item["caption"].startswith("ch ") for item in topk)
+    assert int(topk[0]["caption"].split()[1]) == number and f"channel {number}" in caption
+    assert "conv4_2" in summary and "512 channels" in summary and "deconvnet" in timings
+    view = client.predict(handle_file(str(cat_png)), "conv4_2", 17, "minmax", "crop", api_name="/channel")
+    assert view[0] == 17 and "channel 17" in view[-1]
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="channels 0 to 511"):
+        client.predict(handle_file(str(cat_png)), "conv4_2", 512, "minmax", "crop", api_name="/channel")
+
+
+def test_no_image_gets_a_message(client):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="No image"):
+        client.predict(None, "minmax", "crop", api_name="/analyse")
+    with pytest.raises(AppError, match="Upload an image first"):
+        client.predict(None, "conv1_1", 3, "minmax", "crop", api_name="/channel")
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
+def test_bad_input_gets_a_message_and_the_server_keeps_answering(client, cat_png, tmp_path, name):
+    from gradio_client.exceptions import AppError
+
+    data, words = BAD_INPUTS[name]
+    with pytest.raises(AppError, match=words) as caught:
+        analyse(client, write(tmp_path, name, data))
+    assert "Traceback" not in str(caught.value)
+    assert [item["caption"] for item in analyse(client, cat_png)[1]] == list(CONV_LAYERS)
+
+
+def test_file_over_max_file_size_is_refused(app, client, cat_png, tmp_path):
+    import requests
+
+    big = tmp_path / "big.png"
+    with open(big, "wb") as f:  # a valid PNG start, then 26 MB of padding
+        f.write(GOOD_INPUTS["grey.png"])
+        f.truncate(26 * 2**20)
+    with open(big, "rb") as f:  # the server refuses the upload itself
+        response = requests.post(f"{app[0]}gradio_api/upload", files={"files": ("big.png", f, "image/png")},
+                                 timeout=60)
+    assert response.status_code == 413
+    with pytest.raises(ValueError, match="maximum file size"):  # and gradio_client knows the limit
+        analyse(client, big)
+    assert len(analyse(client, cat_png)[1]) == 13
+
+
+@pytest.mark.parametrize("name", sorted(GOOD_INPUTS))
+def test_unusual_pictures_all_work(client, tmp_path, name):
+    result = analyse(client, write(tmp_path, name, GOOD_INPUTS[name]))
+    assert [item["caption"] for item in result[1]] == list(CONV_LAYERS)
+    if name in ("rotated.jpg", "animated.gif"):  # the same as the upright picture / the first frame, as a PNG
+        rgb = to_rgb(Image.open(io.BytesIO(GOOD_INPUTS[name])))
+        reference = pixels(analyse(client, write(tmp_path, "reference.png", encoded(rgb, "PNG"))))
+        assert_same(pixels(result), reference)
+
+
+def test_eight_clients_five_requests_each_get_a_single_users_results(app, cat_png, tmp_path):
+    images = [cat_png, write(tmp_path, "other.png", encoded(make_image("RGB", (40, 56), 9), "PNG"))]
+    url = app[0]
+    solo = new_client(url)
+    expected = [pixels(analyse(solo, path)) for path in images]
+
+    def user(i: int) -> list[dict]:
+        c = new_client(url)
+        return [pixels(analyse(c, images[(i + j) % 2])) for j in range(5)]
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(user, range(8)))
+    assert len(results) == 8 and all(len(r) == 5 for r in results)
+    for i, runs in enumerate(results):
+        for j, got in enumerate(runs):
+            assert_same(got, expected[(i + j) % 2])
+
+
+def test_no_file_of_the_machine_is_reachable(app, client, cat_png):
+    import requests
+
+    url, _, pipeline = app
+    analyse(client, cat_png)
+    ours = pipeline._workdir  # pictures the pipeline wrote before Gradio copied them into its cache
+    targets = ["/etc/passwd", str(ROOT / "app.py"), "app.py", "../../../../etc/passwd", "%2e%2e/%2e%2e/etc/passwd",
+               "/tmp/gradio/../../etc/passwd", "/proc/self/environ", str(next(ours.rglob("*.png")))]
+    for target in targets:
+        for route in ("gradio_api/file=", "file="):
+            response = requests.get(f"{url}{route}{target}", timeout=30)
+            assert response.status_code in (403, 404), (route, target, response.status_code)
+            assert "root:" not in response.text and "def serve" not in response.text
+    served = requests.get(f"{url}gradio_api/info", timeout=30)
+    assert served.status_code == 200  # the routes themselves work
+    for target in ["/etc/passwd", str(ROOT / "app.py"), str(ROOT / "examples" / "chelsea.png")]:
+        # a request naming a server file instead of uploading one: refused before the pipeline reads anything
+        payload = {"data": [{"path": target, "meta": {"_type": "gradio.FileData"}}, "minmax", "crop"]}
+        event = requests.post(f"{url}gradio_api/call/analyse", json=payload, timeout=30).json()["event_id"]
+        stream = requests.get(f"{url}gradio_api/call/analyse/{event}", timeout=120).text
+        assert stream.startswith("event: error") and "root:" not in stream and "conv1_1" not in stream
+
+
+def test_queue_and_limits_are_set(app):
+    _, demo, _ = app
+    assert demo._queue.max_size == 64 and demo.max_file_size == 25 * 2**20
+    named = {fn.api_name: fn for fn in demo.fns.values() if fn.api_name}
+    assert {"analyse", "explore", "channel"} <= set(named)
+    assert all(named[name].concurrency_id == "model" for name in ("analyse", "explore", "channel"))  # one limit
+    assert demo._queue.event_queue_per_concurrency_id["model"].concurrency_limit == 2
+    assert demo.allowed_paths == []
+
+
+def test_app_cli_reports_a_missing_model_and_has_help(tmp_path):
+    import subprocess
+    import sys
+
+    missing = subprocess.run([sys.executable, "app.py", "--model", str(tmp_path / "none.onnx")], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "no ONNX model" in missing.stderr and "Traceback" not in missing.stderr
+    from app import parse_args
+
+    config = parse_args(["--port", "8000", "--share", "--atlas", "atlas/"])
+    assert config.port == 8000 and config.share and config.atlas == "atlas/" and config.model is None
+    with pytest.raises(SystemExit):
+        parse_args(["--concurrency", "0"])
