@@ -2,6 +2,7 @@
 
     python bench/deconv.py                      # 224x224, all cores
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/deconv.py --threads 2
+    python bench/deconv.py --topk --threads 1   # only mode "topk": rows one at a time vs one batched pass
 
 What it measures, on one 224x224 image and a random-weight VGG16 (speed does not depend on the weights):
 
@@ -14,6 +15,10 @@ What it measures, on one 224x224 image and a random-weight VGG16 (speed does not
    those of the direct convolution, so Winograd layers can exceed 100% of sgemm. Targets: NumPy at most 1.2x
    torch; at least 50% of sgemm on the heavy layers (those of at least 1.5 GFLOP),
 3. the forward pass: onnxruntime against torch eager, same image and threads.
+
+With --topk it measures only mode "topk" (k = 9 at conv2_2, conv3_3, conv4_3, conv5_3): the NumPy stage with
+each of the k rows projected alone (``rows_per_pass=1``) against all k rows in one batched pass, and torch's
+batched reference; seconds, ratios and the largest per-row relative error against torch.
 
 The machines set OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE; they can hold NumPy's OpenBLAS back against torch
 (which ships its own BLAS), so for the fair comparison unset both in the command, as above. Timings on a CPU
@@ -43,6 +48,7 @@ class BenchConfig:
     repeats: int = 3  # timed runs of each measurement (the best one is reported)
     skip_seed: bool = False  # skip the (slow) seed-style baseline
     skip_onnx: bool = False  # skip the onnxruntime-vs-torch forward comparison (needs an export, ~20 s)
+    topk: bool = False  # measure only mode "topk": rows one at a time against one batched pass, and torch
 
 
 def parse_args(argv: list[str] | None = None) -> BenchConfig:
@@ -53,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement, best reported (default: 3)")
     p.add_argument("--skip-seed", action="store_true", help="skip the seed-style baseline")
     p.add_argument("--skip-onnx", action="store_true", help="skip the onnxruntime forward comparison")
+    p.add_argument("--topk", action="store_true",
+                   help="measure only mode 'topk' (k = 9): each row alone vs one batched pass, and torch")
     args = p.parse_args(argv)
     return BenchConfig(**{f.name: getattr(args, f.name) for f in fields(BenchConfig)})
 
@@ -128,6 +136,30 @@ def seed_style(acts64: dict[str, np.ndarray], weights: dict[str, torch.Tensor], 
     return x
 
 
+TOPK_LAYERS = ("conv2_2", "conv3_3", "conv4_3", "conv5_3")
+
+
+def bench_topk(cfg: BenchConfig, f, acts: dict[str, np.ndarray], sws: dict[str, np.ndarray],
+               ndeconv: NumpyDeconvnet, tdeconv: TorchDeconvnet, k: int = 9) -> None:
+    """Mode "topk": the NumPy stage row by row and in one batched pass, and torch (which batches the k rows)."""
+    print(f"\ntopk, k = {k}: NumPy with each row alone (rows_per_pass=1) and with the {k} rows in one pass; torch")
+    print(f"  {'layer':8} {'per-row s':>10} {'batched s':>10} {'torch s':>9} {'per-row/batched':>16} "
+          f"{'torch/batched':>14} {'max rel. error':>15}")
+    for layer in TOPK_LAYERS:
+        with torch.no_grad():
+            ref = tdeconv.project(f.activations, f.switches, layer, "topk", k=k).images.numpy()
+        got = ndeconv.project(acts, sws, layer, "topk", k=k).images
+        err = max(float(np.abs(g - r).max() / max(np.abs(r).max(), 1e-30)) for g, r in zip(got, ref, strict=True))
+        t_row = best_time(lambda layer=layer: ndeconv.project(acts, sws, layer, "topk", k=k, rows_per_pass=1),
+                          cfg.repeats)
+        t_batch = best_time(lambda layer=layer: ndeconv.project(acts, sws, layer, "topk", k=k), cfg.repeats)
+        with torch.no_grad():
+            t_torch = best_time(lambda layer=layer: tdeconv.project(f.activations, f.switches, layer, "topk", k=k),
+                                cfg.repeats)
+        print(f"  {layer:8} {t_row:10.3f} {t_batch:10.3f} {t_torch:9.3f} {t_row / t_batch:16.2f} "
+              f"{t_torch / t_batch:14.2f} {err:15.1e}")
+
+
 def main() -> None:
     cfg = CONFIG
     torch.set_num_threads(THREADS)
@@ -152,6 +184,9 @@ def main() -> None:
     ndeconv = NumpyDeconvnet(weights)
     flops = layer_flops(acts, weights)
     stage_flops = sum(sum(flops[c] for c in CONV_LAYERS[: i + 1]) for i in range(len(CONV_LAYERS)))
+    if cfg.topk:
+        bench_topk(cfg, f, acts, sws, ndeconv, tdeconv)
+        return
 
     # 1. the 13 whole-layer projections
     with torch.no_grad():

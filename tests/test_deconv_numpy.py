@@ -14,7 +14,7 @@ from conftest import ROOT
 from demo.deconv_numpy import (
     MODES,
     Deconvnet,
-    _unpool_plane,
+    _unpool_rows,
     deconv,
     prepare_weight,
     strongest,
@@ -36,7 +36,13 @@ def test_unpool_hand_computed_4x4():
                          [3, 0, 0, 0],
                          [0, 0, 0, 4]], dtype=np.float32)  # fmt: skip
     np.testing.assert_array_equal(unpool(x, switches)[0, 0], expected)
-    np.testing.assert_array_equal(_unpool_plane(x[0], switches[0], (0, 2, 0, 2))[0], expected)
+    # the batched, windowed form: rows (C, B, h, w) from two images, windows anywhere in the pooled map
+    np.testing.assert_array_equal(_unpool_rows(x[0][:, None], switches, np.array([0]), np.zeros((1, 2), int))[0, 0],
+                                  expected)
+    two = np.concatenate([switches, np.array([[[[0, 6], [9, 11]]]])])  # image 1: (0,0) (1,2) (2,1) (2,3)
+    rows = _unpool_rows(np.array([[[[7.0]], [[8.0]], [[9.0]]]]), two, np.array([0, 1, 0]),
+                        np.array([[1, 1], [1, 1], [0, 1]]))  # (1, 3, 1, 1): the windows (1, 1), (1, 1), (0, 1)
+    np.testing.assert_array_equal(rows[0, :, :, :], [[[0, 0], [0, 7]], [[0, 8], [0, 0]], [[9, 0], [0, 0]]])
 
 
 def test_unpool_indexes_each_plane_on_its_own():
@@ -139,6 +145,114 @@ def test_single_activation_stays_in_its_receptive_field(onnx_model, forward):
     rows, cols = np.nonzero(np.abs(got[0]).sum(axis=0))
     extent = max(rows.max() - rows.min(), cols.max() - cols.min()) + 1
     assert 1 < extent <= spec.receptive_field(layer)
+
+
+@pytest.fixture(scope="module")
+def forward64(onnx_model):
+    """onnxruntime's outputs for two 64x64 images: room for receptive fields that do not cover the image."""
+    x = np.random.default_rng(5).standard_normal((2, 3, 64, 64), dtype=np.float32)
+    _, acts, switches = onnx_model.run(x)
+    return acts, switches
+
+
+def _torch_project_down(tiny_vgg, signal, layer, switches, image_of):
+    """The PyTorch reference on rows whose switches are those of image ``image_of[b]``."""
+    from model.deconvnet import project_down as torch_project_down
+
+    weights = TorchDeconvnet(tiny_vgg).weights
+    sw = {k: torch.from_numpy(v[image_of]) for k, v in switches.items()}
+    return torch_project_down(torch.from_numpy(signal), layer, weights, sw)
+
+
+@pytest.mark.parametrize("layer", ["conv1_2", "conv3_1", "conv4_3"])
+def test_batch_of_rows_from_different_images_matches_pytorch(layer, onnx_model, tiny_vgg, forward64):
+    """B = 6 rows in one pass, images interleaved (1, 0, 1, 1, 0, 0): single activations at corners and in the
+    middle (windows clipped differently), a whole-layer row, and an all-zero row; each row with its own image's
+    switches, against the reference and against each row projected alone."""
+    acts, switches = forward64
+    act = acts[layer]
+    N, C, h, w = act.shape
+    image_of = np.array([1, 0, 1, 1, 0, 0])
+    signal = np.zeros((6, C, h, w), dtype=np.float32)
+    for b, (r, c) in enumerate([(0, 0), (h - 1, w - 1), (h // 2, w // 3), (0, w - 1)]):
+        channel = int(act[image_of[b], :, r, c].argmax())  # a live activation at that position
+        signal[b, channel, r, c] = max(act[image_of[b], channel, r, c], 1.0)
+    signal[4] = act[0]  # a whole layer; row 5 stays zero
+    net = Deconvnet(onnx_model.weights)
+    got = net.project_down(signal, layer, switches, image_of=image_of)
+    want = _torch_project_down(tiny_vgg, signal, layer, switches, image_of)
+    assert got.shape == tuple(want.shape) and got.dtype == np.float32
+    assert not got[5].any()
+    for b in range(5):
+        assert np.abs(want[b].numpy()).max() > 0, f"row {b}: a trivial comparison"
+        assert _rel_err(got[b], want[b]) <= RTOL, f"{layer} row {b}"
+        # windows (hence Winograd tiles) sit elsewhere when a row goes alone: equal up to rounding
+        alone = net.project_down(signal[b : b + 1], layer, {k: v[image_of[b] : image_of[b] + 1]
+                                                             for k, v in switches.items()})
+        np.testing.assert_allclose(got[b], alone[0], rtol=0, atol=1e-5 * np.abs(alone).max())
+
+
+@pytest.mark.parametrize("layer", ["conv2_2", "conv3_3", "conv5_3"])  # windows: small, clipped, whole
+def test_topk_of_two_images_in_one_pass_matches_pytorch(layer, onnx_model, tiny_vgg, forward64):
+    """topk with N = 2, k = 5 (10 rows in one pass) against the reference, row by row, and against the same
+    rows one at a time; each row stays inside its activation's receptive field."""
+    acts, switches = forward64
+    ta = {k: torch.from_numpy(v) for k, v in acts.items()}
+    ts = {k: torch.from_numpy(v) for k, v in switches.items()}
+    net = Deconvnet(onnx_model.weights)
+    got = net.project(acts, switches, layer, "topk", k=5)
+    want = TorchDeconvnet(tiny_vgg).project(ta, ts, layer, "topk", k=5)
+    assert got.images.shape == (10, 3, 64, 64) == tuple(want.images.shape)
+    np.testing.assert_array_equal(got.channels, want.channels.numpy())
+    np.testing.assert_allclose(got.values, want.values.numpy(), rtol=1e-6)
+    for b in range(10):
+        assert np.abs(want.images[b].numpy()).max() > 0, f"row {b}: a trivial comparison"
+        assert _rel_err(got.images[b], want.images[b]) <= RTOL, f"{layer} row {b}"
+    one_by_one = net.project(acts, switches, layer, "topk", k=5, rows_per_pass=1).images
+    np.testing.assert_allclose(got.images, one_by_one, rtol=0, atol=1e-5 * np.abs(one_by_one).max())
+    rf = spec.receptive_field(layer)
+    for b in range(10):
+        rows, cols = np.nonzero(np.abs(got.images[b]).sum(axis=0))
+        assert max(rows.max() - rows.min(), cols.max() - cols.min()) + 1 <= rf
+
+
+def test_batches_split_into_groups_give_the_same_images(onnx_model, forward64, monkeypatch):
+    """Rows together all the way, in groups once windows grow (the default), or split at once: same images."""
+    import demo.deconv_numpy as deconv_numpy
+
+    acts, switches = forward64
+    net = Deconvnet(onnx_model.weights)
+    results = []
+    for budget in (1 << 40, deconv_numpy.BATCH_BYTES, 1):
+        monkeypatch.setattr(deconv_numpy, "BATCH_BYTES", budget)
+        results.append(net.project(acts, switches, "conv4_1", "topk", k=4).images)
+    for other in results[1:]:
+        np.testing.assert_allclose(other, results[0], rtol=0, atol=1e-5 * np.abs(results[0]).max())
+
+
+def test_project_points_equals_dense_signals(onnx_model, forward64):
+    """``project_points`` (rows built from 1x1 windows) equals ``project_down`` of the same dense signals."""
+    acts, switches = forward64
+    layer = "conv3_2"
+    act = acts[layer]
+    image, channel, row, col = np.array([0, 1, 1, 0]), np.array([3, 7, 0, 3]), np.array([0, 5, 15, 9]), \
+        np.array([15, 2, 15, 0])
+    act = act.copy()
+    act[image, channel, row, col] = [1.0, 2.0, 0.5, 0.0]  # the last one is zero: an all-zero projection
+    net = Deconvnet(onnx_model.weights)
+    got = net.project_points(act, layer, switches, image, channel, row, col)
+    signal = np.zeros((4, *act.shape[1:]), dtype=np.float32)
+    signal[np.arange(4), channel, row, col] = act[image, channel, row, col]
+    dense = net.project_down(signal, layer, switches, image_of=image)
+    assert got.shape == (4, 3, 64, 64) and np.abs(got[:3]).max(axis=(1, 2, 3)).min() > 0 and not got[3].any()
+    np.testing.assert_allclose(got, dense, rtol=0, atol=1e-5 * np.abs(dense).max())
+
+
+def test_switches_that_do_not_fit_raise(onnx_model, forward, forward64):
+    acts, _, _, _ = forward
+    _, switches64 = forward64
+    with pytest.raises(ValueError, match="pool2 switches"):
+        Deconvnet(onnx_model.weights).project(acts, switches64, "conv3_1")
 
 
 def test_topk_order_values_and_clipping(onnx_model, forward):
