@@ -3,6 +3,7 @@
     python app.py                                  # models/vgg16_cat12.onnx on http://127.0.0.1:7860
     python app.py --model my_vgg.onnx --port 8080  # your own export (python -m export ...)
     python app.py --host 0.0.0.0 --share           # reachable from the network, and through a public gradio.live link
+    python app.py --atlas atlas/                   # adds an "Atlas" tab (atlas from python -m demo.mine)
 
 It prints the URL and the onnxruntime execution provider that runs the network (CUDA when a GPU is usable,
 else CPU). On a Hugging Face Space the host and port come from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT.
@@ -34,7 +35,7 @@ class AppConfig:
     concurrency: int = 1  # requests computed at once (more queue up)
     queue_size: int = 64  # requests allowed to wait; beyond that users are told the app is busy
     cache: int = 4  # uploads whose results are kept, so that changing a view does not recompute
-    atlas: str | None = None  # folder of a precomputed dataset atlas (placeholder: not used yet)
+    atlas: str | None = None  # dataset atlas folder (python -m demo.mine --out DIR): adds the "Atlas" tab
 
 
 def parse_args(argv: list[str] | None = None) -> AppConfig:
@@ -56,7 +57,9 @@ def parse_args(argv: list[str] | None = None) -> AppConfig:
                    help="requests that may wait in the queue (default: %(default)s)")
     p.add_argument("--cache", type=int, default=defaults.cache,
                    help="uploads whose forward pass and projections are kept in memory (default: %(default)s)")
-    p.add_argument("--atlas", metavar="DIR", help="precomputed dataset atlas folder (reserved; not used yet)")
+    p.add_argument("--atlas", metavar="ATLAS_DIR",
+                   help="a dataset atlas made by python -m demo.mine --out ATLAS_DIR: adds an \"Atlas\" tab (the "
+                        "9 strongest image patches of each channel beside their projections)")
     args = p.parse_args(argv)
     config = AppConfig(**{f.name: getattr(args, f.name) for f in fields(AppConfig)})
     for name in ("concurrency", "queue_size"):
@@ -94,13 +97,18 @@ def serve(config: AppConfig, block: bool = True):
                                   config=PipelineConfig(cache_size=config.cache))
     from demo.ui import build_demo, launch  # Gradio is slow to import: only once the model loaded
 
-    demo = build_demo(pipeline, concurrency=config.concurrency, queue_size=config.queue_size)
+    try:
+        demo = build_demo(pipeline, concurrency=config.concurrency, queue_size=config.queue_size,
+                          atlas_dir=config.atlas)
+    except BaseException:
+        pipeline.close()
+        raise
     _, local_url, share_url = launch(demo, config.host, config.port, config.share, prevent_thread_lock=True,
                                      quiet=not block)
     print(f"Deconvnet demo on {local_url}" + (f" and {share_url}" if share_url else ""))
     print(f"model {pipeline.model.path}; onnxruntime provider: {pipeline.provider} ({threads} CPU threads)")
     if config.atlas:
-        print(f"--atlas {config.atlas}: the dataset atlas is not available in this version; ignored")
+        print(f"dataset atlas {config.atlas} in the \"Atlas\" tab")
     if not block:
         return demo, pipeline, local_url
     try:

@@ -30,20 +30,21 @@ import threading
 import time
 import warnings
 from collections import OrderedDict, deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from demo import display
+from demo import display, invariance, occlusion
 from demo.deconv_numpy import Deconvnet, Projection
 from demo.onnx_forward import OnnxModel
 from demo.preprocess import RESIZE_MODES, deprocess, preprocess, to_rgb
 from model.spec import CONV_LAYERS, conv_channels, receptive_field, stride_of
 
 TOP_CLASSES = 5  # breeds shown in the prediction
+MAX_OCCLUSION_PASSES = 1024  # forward passes one occlusion request may cost (stride 7 at 224 px)
 EXIF_ORIENTATION = 0x0112
 
 
@@ -398,6 +399,7 @@ class Pipeline:
         self._workdir = Path(tempfile.mkdtemp(prefix="deconvnet-app-"))
         self._requests: deque[Path] = deque()
         self._count = 0
+        self._model_sha1: str | None = None  # of the model file, to match an atlas's
 
     @classmethod
     def from_path(cls, path: str | Path | None = None, device: str = "auto", threads: int | None = None,
@@ -666,6 +668,86 @@ class Pipeline:
                            self._png(self._enlarge(full), folder, f"{name}_projection"),
                            self._png(crop, folder, f"{name}_crop"),
                            self._png(patch, folder, f"{name}_patch"), caption)
+
+    # --- the paper's analyses: "Occlusion", "Invariance", "Atlas" --------------------------------------------
+
+    @property
+    def default_stride(self) -> int:
+        """The occlusion stride the page starts with, in pixels: 16 on a GPU, 32 on the CPU (4x fewer passes)."""
+        return 16 if self.provider.startswith("CUDA") else 32
+
+    def occlusion_for(self, source: str | Path | bytes | Mapping | None, size: int | float = 48,
+                      stride: int | float | None = None, resize: str = "crop",
+                      progress: Callable[[int, int], None] | None = None) -> tuple[str, str]:
+        """The occlusion maps of ``source`` (``demo.occlusion.occlusion_view``): the figure's PNG (the image and the
+        three maps overlaid on it, with colour bars) and its Markdown summary. ``size`` and ``stride`` in input
+        pixels (stride None: ``default_stride``); ``progress(done, total)`` after each batch."""
+        stride = self.default_stride if stride is None else stride
+        try:
+            size, stride = int(size), int(stride)
+        except (TypeError, ValueError):
+            raise InputError(f"The square's size and stride must be whole numbers, got {size!r} and {stride!r}.") \
+                from None
+        if not 1 <= size <= self.size:
+            raise InputError(f"The square's size must be between 1 and {self.size} px, got {size}.")
+        if not 1 <= stride <= self.size:
+            raise InputError(f"The stride must be between 1 and {self.size} px, got {stride}.")
+        passes = math.ceil(self.size / stride) ** 2
+        if passes > MAX_OCCLUSION_PASSES:
+            raise InputError(f"A stride of {stride} px needs {passes} forward passes; the app allows "
+                             f"{MAX_OCCLUSION_PASSES}: choose a stride of at least {self._min_stride()} px.")
+        fwd, _ = self.forward(source, resize)
+        figure, summary, _ = occlusion.occlusion_view(self.model, fwd.x, size, stride, progress=progress)
+        return self._png(figure, self._request_dir(), "occlusion"), summary
+
+    def _min_stride(self) -> int:
+        return next(s for s in range(1, self.size + 1) if math.ceil(self.size / s) ** 2 <= MAX_OCCLUSION_PASSES)
+
+    def invariance_for(self, source: str | Path | bytes | Mapping | None, resize: str = "crop",
+                       progress: Callable[[int, int], None] | None = None) -> str:
+        """The invariance curves of ``source`` (``demo.invariance.invariance_view``, quick ranges): the figure's
+        PNG (rows: translation, scale, rotation; columns: feature distances per layer and p(predicted class))."""
+        fwd, _ = self.forward(source, resize)
+        figure, _ = invariance.invariance_view(self.model, fwd.x, quick=True, progress=progress)
+        return self._png(figure, self._request_dir(), "invariance")
+
+    def atlas(self, atlas_dir: str | Path):
+        """The dataset atlas in ``atlas_dir`` (a ``demo.mine.Atlas``, cached); FileNotFoundError if it is none."""
+        from demo import mine
+
+        return mine.load_atlas(str(Path(atlas_dir).resolve()))
+
+    def atlas_channels(self, atlas_dir: str | Path, layer: str) -> list[int]:
+        """The channels of ``layer`` in the atlas, strongest top activation first (dead channels last)."""
+        atlas = self.atlas(atlas_dir)
+        if layer not in atlas.layers:
+            raise InputError(f"The atlas has layers {', '.join(atlas.layers)}, not {layer!r}.")
+        return atlas.ranked_channels(layer).tolist()
+
+    def atlas_view(self, atlas_dir: str | Path, layer: str, channel: int | float) -> tuple[str, str]:
+        """``layer``'s ``channel`` in the atlas: the PNG of its k projections (left) beside their image patches
+        (right), and the Markdown caption. A picture not drawn yet is drawn now, when the atlas was mined with
+        this pipeline's model."""
+        from demo import mine
+
+        atlas = self.atlas(atlas_dir)
+        if layer not in atlas.layers:
+            raise InputError(f"The atlas has layers {', '.join(atlas.layers)}, not {layer!r}.")
+        try:
+            c = int(channel)
+        except (TypeError, ValueError):
+            raise InputError(f"The channel must be a whole number, got {channel!r}.") from None
+        if c != channel or not 0 <= c < atlas.channels(layer):
+            raise InputError(f"{layer} has channels 0 to {atlas.channels(layer) - 1} in the atlas; got {channel}.")
+        if self._model_sha1 is None:
+            self._model_sha1 = mine.model_sha1(self.model.path)
+        own = atlas.info.get("model_sha1") == self._model_sha1
+        try:
+            picture = atlas.view(layer, c, self.model if own else None)
+        except FileNotFoundError:
+            raise InputError(f"{layer} channel {c} has no picture in the atlas yet, and the atlas was mined with "
+                             f"another model: run python -m demo.mine --out {atlas.dir} --resume.") from None
+        return self._png(picture, self._request_dir(), f"atlas_{layer}_ch{c}"), atlas.caption(layer, c)
 
     # --- text for the page ----------------------------------------------------------------------------------
 

@@ -68,6 +68,25 @@ The download holds the raw float32 reconstructions (`conv1_1/layer` ... `conv5_3
 normalised tensor the network saw).
 """
 
+OCCLUSION_HELP = """
+A grey square (the data set's mean colour) slides over the network's input; at each place the network runs again.
+Left to right: the image, the probability of the predicted class (where it drops, the network looks), the total
+activation of conv5_3's strongest feature map, and the most likely class with the square there (the paper's
+Fig. 7). One forward pass per position: a stride of 16 px costs 196 passes at 224 px, 32 px costs 49.
+"""
+
+INVARIANCE_HELP = """
+The image shifted vertically, scaled and rotated about its centre (the paper's Fig. 5): per layer, how far its
+features move (Euclidean distance divided by the original features' norm; 0 = unchanged), and the probability of
+the predicted class.
+"""
+
+ATLAS_HELP = """
+The paper's Fig. 2 over a whole data set ({images} images): for the chosen channel, the 9 images on which it
+responds most strongly, each activation projected alone back to pixels (left) beside the image patch its unit sees
+(right), both cut to the unit's receptive field and laid out 3 x 3 by rank. Channels are listed strongest first.
+"""
+
 
 def _user_errors(fn: Callable) -> Callable:
     """Turn the pipeline's ``InputError`` into ``gr.Error`` and anything unexpected into a short, logged message."""
@@ -116,15 +135,19 @@ def examples_attribution(folder: Path = EXAMPLES_DIR) -> str:
 
 
 def build_demo(pipeline: Pipeline, concurrency: int = 1, queue_size: int = 64,
-               examples_dir: Path = EXAMPLES_DIR) -> gr.Blocks:
+               examples_dir: Path = EXAMPLES_DIR, atlas_dir: str | Path | None = None) -> gr.Blocks:
     """The app's page for ``pipeline``, queued: at most ``concurrency`` model calls at once, ``queue_size`` waiting.
+
+    ``atlas_dir``: a dataset atlas (``python -m demo.mine``) shown in an "Atlas" tab; None: no such tab.
 
     API endpoints (gradio_client): ``/analyse`` (image, norm, resize) -> top-5 label, 13 captioned layer images,
     the network's input, the .npz, the timings; ``/explore`` (image, layer, k, norm, resize); ``/channel``
-    (image, layer, channel, norm, resize).
+    (image, layer, channel, norm, resize); ``/occlusion`` (image, size, stride, resize) -> figure, summary;
+    ``/invariance`` (image, resize) -> figure; with an atlas, ``/atlas`` (layer, channel) -> picture, caption.
     """
     provider = pipeline.provider
     n_layers = len(CONV_LAYERS)
+    atlas = pipeline.atlas(atlas_dir) if atlas_dir is not None else None  # FileNotFoundError: not an atlas
 
     # --- handlers: call the pipeline, hand its results to the components -------------------------------------
     @_user_errors_stream
@@ -181,6 +204,33 @@ def build_demo(pipeline: Pipeline, concurrency: int = 1, queue_size: int = 64,
         if image is None or not channels or evt.index is None or not 0 <= evt.index < len(channels):
             return (gr.skip(),) * 6
         return view_outputs(pipeline.channel(image, layer, channels[evt.index], norm, resize))
+
+    @_user_errors
+    def occlusion(image, size, stride, resize, progress=gr.Progress()):  # noqa: B008 - how Gradio asks for a progress bar
+        if image is None:
+            raise InputError("Upload an image first.")
+        return pipeline.occlusion_for(image, size, stride, resize,
+                                      progress=lambda done, total: progress((done, total), desc="occluding"))
+
+    @_user_errors
+    def invariance(image, resize, progress=gr.Progress()):  # noqa: B008 - how Gradio asks for a progress bar
+        if image is None:
+            raise InputError("Upload an image first.")
+        return pipeline.invariance_for(image, resize,
+                                       progress=lambda done, total: progress((done, total), desc="transforming"))
+
+    def channel_choices(layer):
+        return [(f"{c}  (#{rank + 1})", c) for rank, c in enumerate(pipeline.atlas_channels(atlas_dir, layer))]
+
+    @_user_errors
+    def atlas_show(layer, number):
+        return pipeline.atlas_view(atlas_dir, layer, number)
+
+    @_user_errors
+    def atlas_layer(layer):
+        choices = channel_choices(layer)
+        return (gr.Dropdown(choices=choices, value=choices[0][1]),
+                *pipeline.atlas_view(atlas_dir, layer, choices[0][1]))
 
     # --- the page ---------------------------------------------------------------------------------------------
     with gr.Blocks(title="Deconvnet: what VGG16 sees in a cat", fill_width=True, delete_cache=(1800, 3600)) as demo:
@@ -239,6 +289,35 @@ def build_demo(pipeline: Pipeline, concurrency: int = 1, queue_size: int = 64,
                             crop = gr.Image(label="Cropped", elem_classes=["pixelated"], **small)
                             patch = gr.Image(label="Image patch", elem_classes=["pixelated"], **small)
                         explore_timings = gr.Markdown(elem_id="explore-timings")
+                    with gr.Tab("Occlusion", id="occlusion"):
+                        gr.Markdown(OCCLUSION_HELP)
+                        with gr.Row(equal_height=True):
+                            occ_size = gr.Slider(4, pipeline.size, value=min(48, pipeline.size), step=1,
+                                                 label="Square size (px)", elem_id="occlusion-size")
+                            occ_stride = gr.Slider(4, pipeline.size, value=min(pipeline.default_stride, pipeline.size),
+                                                   step=1, label="Stride (px; smaller: finer and slower)",
+                                                   elem_id="occlusion-stride")
+                            occ_run = gr.Button("Occlude", variant="primary", scale=0, min_width=140,
+                                                elem_id="occlusion-run")
+                        occ_figure = gr.Image(label="Occlusion maps", elem_id="occlusion-figure", **small)
+                        occ_summary = gr.Markdown(elem_id="occlusion-summary")
+                    with gr.Tab("Invariance", id="invariance"):
+                        gr.Markdown(INVARIANCE_HELP)
+                        inv_run = gr.Button("Transform", variant="primary", elem_id="invariance-run")
+                        inv_figure = gr.Image(label="Invariance curves", elem_id="invariance-figure", **small)
+                    if atlas is not None:
+                        with gr.Tab("Atlas", id="atlas"):
+                            gr.Markdown(ATLAS_HELP.format(images=atlas.info.get("images", "?")))
+                            first = channel_choices(atlas.layers[-1])
+                            with gr.Row(equal_height=True):
+                                atlas_layer_in = gr.Dropdown(atlas.layers, value=atlas.layers[-1], label="Layer",
+                                                             elem_id="atlas-layer")
+                                atlas_channel = gr.Dropdown(first, value=first[0][1],
+                                                            label="Channel (strongest first)",
+                                                            elem_id="atlas-channel")
+                            atlas_picture = gr.Image(label="Top 9: projections (left) and image patches (right)",
+                                                     elem_classes=["pixelated"], elem_id="atlas-picture", **small)
+                            atlas_caption = gr.Markdown(elem_id="atlas-caption")
         with gr.Accordion("How to read these pictures", open=False):
             gr.Markdown(HOW_TO_READ)
         with gr.Accordion("Model card", open=False):
@@ -275,6 +354,17 @@ def build_demo(pipeline: Pipeline, concurrency: int = 1, queue_size: int = 64,
                     **common)
         number.submit(channel, [image, layer, number, norm, resize], view_out, api_name="channel", **common)
         show.click(channel, [image, layer, number, norm, resize], view_out, api_visibility="private", **common)
+
+        occ_run.click(occlusion, [image, occ_size, occ_stride, resize], [occ_figure, occ_summary],
+                      api_name="occlusion", **common)
+        inv_run.click(invariance, [image, resize], inv_figure, api_name="invariance", **common)
+        if atlas is not None:
+            atlas_channel.input(atlas_show, [atlas_layer_in, atlas_channel], [atlas_picture, atlas_caption],
+                                api_name="atlas", concurrency_id="model")
+            atlas_layer_in.input(atlas_layer, atlas_layer_in, [atlas_channel, atlas_picture, atlas_caption],
+                                 api_visibility="private", concurrency_id="model")
+            demo.load(atlas_show, [atlas_layer_in, atlas_channel], [atlas_picture, atlas_caption],
+                      api_visibility="private", concurrency_id="model")
 
     demo.queue(max_size=queue_size, default_concurrency_limit=concurrency)
     return demo

@@ -557,3 +557,119 @@ def test_app_cli_reports_a_missing_model_and_has_help(tmp_path):
     assert config.port == 8000 and config.share and config.atlas == "atlas/" and config.model is None
     with pytest.raises(SystemExit):
         parse_args(["--concurrency", "0"])
+
+
+# --- the paper's analyses: "Occlusion", "Invariance", "Atlas" ----------------------------------------------------
+
+
+def network_input(path: Path) -> np.ndarray:
+    return preprocess(Image.open(path), TINY_SIZE, MEAN, STD)
+
+
+def test_occlusion_for_matches_a_direct_call(pipeline, onnx_model, cat_png, monkeypatch):
+    from demo.occlusion import occlusion_view
+
+    figure, summary = pipeline.occlusion_for(cat_png, size=12, stride=16)
+    expected, text, result = occlusion_view(onnx_model, network_input(cat_png), 12, 16)
+    assert result.probability.shape == (2, 2)
+    shown = np.asarray(Image.open(figure))
+    assert shown.dtype == np.uint8 and shown.shape == expected.shape
+    np.testing.assert_array_equal(shown, expected)
+    assert summary == text and "conv5_3 channel" in summary
+    assert pipeline.default_stride == 32  # the CPU default
+    for size, stride, words in [(0, 16, "size"), (12, 0, "stride"), (12, 33, "stride"), ("x", 16, "whole")]:
+        with pytest.raises(InputError, match=words):
+            pipeline.occlusion_for(cat_png, size, stride)
+    monkeypatch.setattr("demo.pipeline.MAX_OCCLUSION_PASSES", 3)  # 2 x 2 positions at stride 16 are too many now
+    with pytest.raises(InputError, match="needs 4 forward passes.*at least 32 px"):
+        pipeline.occlusion_for(cat_png, 12, 16)
+    with pytest.raises(InputError, match="No image"):
+        pipeline.occlusion_for(None, 12, 32)
+
+
+def test_invariance_for_matches_a_direct_call(pipeline, onnx_model, cat_png):
+    from demo.invariance import invariance_view
+
+    figure = pipeline.invariance_for(cat_png)
+    expected, result = invariance_view(onnx_model, network_input(cat_png), quick=True)
+    assert set(result.params) == {"translation", "scale", "rotation"}
+    shown = np.asarray(Image.open(figure))
+    assert shown.dtype == np.uint8 and shown.shape == expected.shape and shown.ndim == 3
+    np.testing.assert_array_equal(shown, expected)
+
+
+def test_occlusion_and_invariance_endpoints(client, onnx_model, cat_png):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    from demo.occlusion import occlusion_view
+
+    figure, summary = client.predict(handle_file(str(cat_png)), 16, 16, "crop", api_name="/occlusion")
+    expected, text, _ = occlusion_view(onnx_model, network_input(cat_png), 16, 16)
+    np.testing.assert_array_equal(picture(figure), expected)
+    assert summary == text
+    with pytest.raises(AppError, match="Upload an image first"):
+        client.predict(None, "crop", api_name="/invariance")
+    assert picture(client.predict(handle_file(str(cat_png)), "crop", api_name="/invariance")).ndim == 3
+
+
+def tabs(demo) -> list[str]:
+    import gradio as gr
+
+    return [block.label for block in demo.blocks.values() if isinstance(block, gr.Tab)]
+
+
+def test_no_atlas_tab_without_atlas(app):
+    _, demo, _ = app
+    assert tabs(demo) == ["All layers", "Layer explorer", "Occlusion", "Invariance"]
+    assert "atlas" not in {fn.api_name for fn in demo.fns.values()}
+
+
+@pytest.fixture(scope="module")
+def atlas_dir(tiny_onnx, tmp_path_factory) -> Path:
+    """An atlas of conv1_2 over five generated 32 x 32 images; no picture drawn yet (the app draws on request)."""
+    from demo import mine
+
+    data = tmp_path_factory.mktemp("atlas_data")
+    for i in range(5):
+        make_image("RGB", (TINY_SIZE, TINY_SIZE), seed=10 + i).save(data / f"img{i}.png")
+    out = tmp_path_factory.mktemp("atlas") / "atlas"
+    with contextlib.redirect_stdout(io.StringIO()):
+        mine.run(mine.MineConfig(data=str(data), out=str(out), model=str(tiny_onnx), layers="conv1_2", k=3,
+                                 batch_size=5, workers=1, render="none"), bar=False)
+    return out
+
+
+def test_atlas_tab_shows_the_atlas(tiny_onnx, onnx_model, atlas_dir):
+    from gradio_client.exceptions import AppError
+
+    from demo import mine
+
+    atlas = mine.Atlas(atlas_dir)
+    ranked = atlas.ranked_channels("conv1_2").tolist()
+    with running_app(tiny_onnx, atlas=str(atlas_dir)) as (url, demo, pipeline):
+        assert tabs(demo)[-1] == "Atlas"
+        dropdowns = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None) in
+                     ("atlas-layer", "atlas-channel")}
+        assert dropdowns["atlas-layer"].choices == [("conv1_2", "conv1_2")]
+        assert [value for _, value in dropdowns["atlas-channel"].choices] == ranked
+        assert pipeline.atlas_channels(atlas_dir, "conv1_2") == ranked
+        client = new_client(url)
+        channel = ranked[1]
+        shown, caption = client.predict("conv1_2", channel, api_name="/atlas")
+        direct, direct_caption = pipeline.atlas_view(atlas_dir, "conv1_2", channel)
+        np.testing.assert_array_equal(picture(shown), np.asarray(Image.open(direct)))
+        assert caption == direct_caption == atlas.caption("conv1_2", channel)
+        np.testing.assert_array_equal(picture(shown), mine.atlas_view(atlas_dir, "conv1_2", channel, onnx_model))
+        assert f"conv1_2 channel {channel}" in caption and picture(shown).ndim == 3
+        with pytest.raises(AppError, match="not in the list of choices"):
+            client.predict("conv5_3", 0, api_name="/atlas")
+        with pytest.raises(InputError, match="not 'conv5_3'"):
+            pipeline.atlas_view(atlas_dir, "conv5_3", 0)
+        with pytest.raises(InputError, match="channels 0 to 63"):
+            pipeline.atlas_view(atlas_dir, "conv1_2", 64)
+
+
+def test_app_refuses_a_folder_that_is_not_an_atlas(tiny_onnx, tmp_path):
+    with pytest.raises(FileNotFoundError, match="not an atlas"), running_app(tiny_onnx, atlas=str(tmp_path)):
+        pass
