@@ -31,7 +31,7 @@ class LatencyConfig:
     """One benchmark run; every field is a command-line option of the same name."""
 
     model: str | None = None  # .onnx file; None: the embedded default models/vgg16_cat12.onnx
-    size: int = 224  # input side in pixels (the network is fully convolutional; 224 is what it was trained on)
+    size: int = 224  # input side in pixels (the network is fully convolutional; 224 is the reference size)
     requests: int = 20  # timed requests
     warmup: int = 2  # untimed requests first (session warm-up, page caches)
     threads: int | None = None  # CPU threads for onnxruntime and BLAS; None: every core
