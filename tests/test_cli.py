@@ -82,11 +82,29 @@ def test_visualize_rejects_bad_arguments(picture, tiny_onnx, tmp_path):
     assert proc.returncode == 2 and "channels 0..63" in proc.stderr
 
 
-@pytest.mark.skipif(DEFAULT_MODEL.exists(), reason="the default model exists")
-def test_missing_default_model_says_what_to_do(picture, tmp_path):
-    proc = run("demo.visualize", str(picture), "--out", str(tmp_path))
-    assert proc.returncode == 2
-    assert "python -m export" in proc.stderr and "--model" in proc.stderr
+def test_missing_default_model_says_what_to_do(monkeypatch, tmp_path):
+    from demo import onnx_forward
+
+    monkeypatch.setattr(onnx_forward, "DEFAULT_MODEL", onnx_forward.REPO_ROOT / "models" / "no_such_model.onnx")
+    with pytest.raises(FileNotFoundError) as error:
+        onnx_forward.resolve_model_path(None)
+    assert "python -m export" in str(error.value) and "--model" in str(error.value)
+    with pytest.raises(FileNotFoundError, match="no ONNX model at"):
+        onnx_forward.resolve_model_path(tmp_path / "missing.onnx")
+
+
+@pytest.mark.skipif(not DEFAULT_MODEL.exists(), reason="the embedded default model is not in this checkout")
+def test_embedded_default_model_classifies_the_cat_example(tmp_path):
+    """The committed model: 12 cat breeds in its metadata, and the CC0 cat gets a breed through the CLI."""
+    cat = DEFAULT_MODEL.parent.parent / "examples" / "chelsea.png"
+    out = tmp_path / "pred.csv"
+    proc = run("demo.predict", str(cat), "--csv", str(out))
+    assert proc.returncode == 0, proc.stderr
+    rows = _read_csv(out)
+    from model.spec import CAT12_BREEDS
+
+    assert len(rows) == 1 and rows[0]["breed"] in CAT12_BREEDS
+    assert 1 / 12 < float(rows[0]["probability"]) <= 1
 
 
 def _read_csv(path) -> list[dict]:
