@@ -41,6 +41,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from demo.cli import run_cli
 from demo.display import tile_images
 from demo.occlusion import figure_to_array, new_figure, parse_class
 from demo.onnx_forward import DEFAULT_MODEL, DEVICES, OnnxModel
@@ -361,13 +362,7 @@ def run(config: InvarianceConfig) -> InvarianceResult:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_args(argv)
-    try:
-        run(config)
-    except (FileNotFoundError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from demo.cli import run_cli
 from demo.onnx_forward import DEFAULT_MODEL, DEVICES, OnnxModel
 from demo.preprocess import RESIZE_MODES, deprocess, load_image, preprocess
 from model import spec
@@ -330,13 +331,7 @@ def run(config: OcclusionConfig) -> OcclusionResult:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_args(argv)
-    try:
-        run(config)
-    except (FileNotFoundError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(run, parse_args(argv))
 
 
 if __name__ == "__main__":

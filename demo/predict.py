@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from demo.cli import run_cli
 from demo.onnx_forward import DEVICES, OnnxModel
 from demo.preprocess import RESIZE_MODES, load_image, preprocess
 from model.data import parse_label_file
@@ -194,13 +195,7 @@ def run(config: PredictConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_args(argv)
-    try:
-        run(config)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(run, parse_args(argv))
 
 
 if __name__ == "__main__":

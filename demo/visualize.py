@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from demo.cli import run_cli
 from demo.deconv_numpy import MODES, Deconvnet, Projection
 from demo.display import NORMS, feature_grid, map_image, merge_channels, reconstruction_image, support_box, tile_images
 from demo.onnx_forward import DEVICES, OnnxModel
@@ -165,13 +166,7 @@ def run(config: VisualizeConfig) -> dict[str, np.ndarray]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_args(argv)
-    try:
-        run(config)
-    except (FileNotFoundError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(run, parse_args(argv))
 
 
 if __name__ == "__main__":

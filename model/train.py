@@ -261,6 +261,8 @@ def save_layer_grid(images: dict[str, np.ndarray], path: Path, title: str) -> No
     """One PNG: a row per probe image, a column per layer; each tile min-max stretched on its own (RGB kept)."""
     import matplotlib
 
+    from demo.display import reconstruction_image
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -270,7 +272,7 @@ def save_layer_grid(images: dict[str, np.ndarray], path: Path, title: str) -> No
     for col, layer in enumerate(layers):
         for row in range(n):
             ax = axes[row, col]
-            ax.imshow(_stretch(images[layer][row]))
+            ax.imshow(reconstruction_image(images[layer][row], "minmax")[0])
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
@@ -279,13 +281,6 @@ def save_layer_grid(images: dict[str, np.ndarray], path: Path, title: str) -> No
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-
-
-def _stretch(image: np.ndarray) -> np.ndarray:
-    """(3, H, W) signed reconstruction -> (H, W, 3) in [0, 1], min-max over the tile (grey when constant)."""
-    lo, hi = float(image.min()), float(image.max())
-    scaled = (image - lo) / (hi - lo) if hi > lo else image * 0 + 0.5
-    return scaled.transpose(1, 2, 0)
 
 
 # --- the loop ---------------------------------------------------------------------------------------------------
