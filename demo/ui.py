@@ -12,6 +12,7 @@ are logged and shown as a short message, never as a stack trace.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Callable
@@ -88,20 +89,27 @@ responds most strongly, each activation projected alone back to pixels (left) be
 """
 
 
+@contextlib.contextmanager
+def _as_gradio_errors(name: str):
+    """Re-raise the pipeline's ``InputError`` as ``gr.Error`` and anything unexpected as a short, logged message."""
+    try:
+        yield
+    except gr.Error:
+        raise
+    except InputError as err:
+        raise gr.Error(str(err), title="Cannot use this input", print_exception=False) from None
+    except Exception:
+        log.exception("unexpected failure in %s", name)
+        raise gr.Error(GENERIC_ERROR, print_exception=False) from None
+
+
 def _user_errors(fn: Callable) -> Callable:
-    """Turn the pipeline's ``InputError`` into ``gr.Error`` and anything unexpected into a short, logged message."""
+    """``fn`` with its errors shown to the user as :func:`_as_gradio_errors` says."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        try:
+        with _as_gradio_errors(fn.__name__):
             return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except InputError as err:
-            raise gr.Error(str(err), title="Cannot use this input", print_exception=False) from None
-        except Exception:
-            log.exception("unexpected failure in %s", fn.__name__)
-            raise gr.Error(GENERIC_ERROR, print_exception=False) from None
 
     return wrapper
 
@@ -111,15 +119,8 @@ def _user_errors_stream(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        try:
+        with _as_gradio_errors(fn.__name__):
             yield from fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except InputError as err:
-            raise gr.Error(str(err), title="Cannot use this input", print_exception=False) from None
-        except Exception:
-            log.exception("unexpected failure in %s", fn.__name__)
-            raise gr.Error(GENERIC_ERROR, print_exception=False) from None
 
     return wrapper
 
