@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from model import data
+from model import images
 
 RESIZE_MODES = ("crop", "stretch")
 BACKGROUNDS = {"white": (255, 255, 255), "grey": (128, 128, 128), "black": (0, 0, 0)}
@@ -33,19 +33,21 @@ def to_rgb(image: Image.Image, background: str | tuple[int, int, int] = "white")
     """``image`` in 8-bit RGB, whatever its mode, EXIF orientation applied; transparency composited on
     ``background`` ("white", "grey", "black" or an (R, G, B) tuple of 0-255 values).
 
-    The conversion is ``model.data.to_rgb``'s (torch-free), the one training used, so the demo sees exactly
+    The conversion is ``model.images.to_rgb``'s (torch-free), the one training used, so the demo sees exactly
     what the network was trained on: 16-bit grey scaled from 0-65535, float images from [0, 1] when they lie in
     it, palette and colour-key transparency honoured.
     """
-    bg = BACKGROUNDS[background] if isinstance(background, str) else tuple(background)
-    return data.to_rgb(image, bg)
+    return images.to_rgb(image, _background(background))
+
+
+def _background(background: str | tuple[int, int, int]) -> tuple[int, int, int]:
+    return BACKGROUNDS[background] if isinstance(background, str) else tuple(background)
 
 
 def load_image(path: str | Path, background: str | tuple[int, int, int] = "white") -> Image.Image:
-    """Open an image file, apply its EXIF orientation and convert it to RGB (first frame of an animation)."""
-    with Image.open(path) as image:
-        image.load()
-        return to_rgb(image, background)
+    """Open an image file through the safe decoding path (``model.images``): 8-bit RGB, EXIF orientation applied,
+    first frame of an animation; ``ImageError`` (a ValueError naming the file and the reason) when unusable."""
+    return images.open_image(path, background=_background(background))
 
 
 def fit(image: Image.Image, size: int, resize: str = "crop") -> Image.Image:

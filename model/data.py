@@ -18,9 +18,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageOps
+from PIL import Image
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+from model import images
+from model.images import IMAGE_EXTENSIONS
 
 
 @dataclass(frozen=True)
@@ -88,39 +89,10 @@ def find_samples(data: str | Path) -> tuple[list[Sample], list[str] | None]:
     raise FileNotFoundError(f"{data}: no such label file or folder")
 
 
-def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
-    """An 8-bit RGB copy of ``image`` whatever its mode (P, RGBA, LA, L, 1, I;16, I, F, CMYK, YCbCr ...).
-
-    EXIF orientation is applied; transparency (an alpha band, or a palette/greyscale/RGB transparent colour) is
-    composited over ``background``; 16-bit images are scaled from 0-65535 to 0-255, 32-bit integer images from
-    0-65535 when they use more than 8 bits, float images from 0-1 when they lie in [0, 1], else kept as 0-255.
-    """
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("P", "L", "RGB", "1") and "transparency" in image.info:
-        image = image.convert("RGBA")  # a transparent palette entry or colour (PNG tRNS, GIF)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        import numpy as np
-
-        a = np.asarray(image, dtype=np.float64)
-        if image.mode.startswith("I;16") or (image.mode == "I" and a.max() > 255):
-            top = 65535.0
-        elif image.mode == "F" and a.size and a.min() >= 0 and a.max() <= 1:
-            top = 1.0
-        else:
-            top = 255.0
-        image = Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
-        canvas = Image.new("RGBA", rgba.size, (*background, 255))
-        return Image.alpha_composite(canvas, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
 def load_image(path: str | Path) -> Image.Image:
-    """Open, fully decode, EXIF-transpose and convert an image file to RGB; raises on unreadable files."""
-    with Image.open(path) as image:
-        image.load()
-        return to_rgb(image)
+    """Open an image file as 8-bit RGB through the one safe decoding path (``model.images``); ``ImageError``
+    (a ValueError naming the file and the reason) when it is not a usable image."""
+    return images.open_image(path)
 
 
 def file_digest(path: str | Path) -> str:
@@ -138,13 +110,13 @@ def check_images(samples: Sequence[Sample], progress: bool = True) -> tuple[list
     good, digests, bad = [], [], 0
     for sample in tqdm(samples, desc="checking images", disable=not progress, leave=False):
         try:
-            load_image(sample.path)
-        except Exception as error:  # noqa: BLE001 - any decoder error means "skip this file"
-            warnings.warn(f"skipping unreadable image {sample.path}: {error}", stacklevel=2)
+            decoded = images.open_file(sample.path)
+        except images.ImageError as error:
+            warnings.warn(f"skipping unreadable image {error}", stacklevel=2)
             bad += 1
             continue
         good.append(sample)
-        digests.append(file_digest(sample.path))
+        digests.append(decoded.digest)
     if bad:
         warnings.warn(f"skipped {bad} unreadable image(s) of {len(samples)}", stacklevel=2)
     return good, digests

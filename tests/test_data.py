@@ -26,8 +26,8 @@ from model.data import (
     parse_label_file,
     scan_image_folder,
     split_samples,
-    to_rgb,
 )
+from model.images import to_rgb
 
 ROOT = Path(__file__).resolve().parents[1]
 CAT12 = ROOT.parent / "shared" / "data" / "cat12"

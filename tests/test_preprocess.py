@@ -8,6 +8,7 @@ from conftest import make_image
 from PIL import Image
 
 from demo.preprocess import deprocess, fit, load_image, preprocess, to_rgb
+from model.images import ImageError
 from model.spec import MEAN, STD
 
 S = 32
@@ -119,5 +120,5 @@ def test_preprocess_reads_files_and_rejects_non_images(tmp_path):
     np.testing.assert_allclose(preprocess(path, S, MEAN, STD), preprocess(Image.open(path), S, MEAN, STD))
     bad = tmp_path / "b.jpg"
     bad.write_bytes(b"not an image")
-    with pytest.raises(OSError):
+    with pytest.raises(ImageError, match="b.jpg: not an image"):
         load_image(bad)
