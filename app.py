@@ -4,6 +4,8 @@
     python app.py --model my_vgg.onnx --port 8080  # your own export (python -m export ...)
     python app.py --host 0.0.0.0 --share           # reachable from the network, and through a public gradio.live link
     python app.py --atlas atlas/                   # adds an "Atlas" tab (atlas from python -m demo.mine)
+    python app.py --compare random.onnx            # a second model beside the first (the paper's Fig. 4, live)
+    python app.py --health out/health              # the "Model health" tab for every layer (python -m demo.health)
 
 It prints the URL and the onnxruntime execution provider that runs the network (CUDA when a GPU is usable,
 else CPU). On a Hugging Face Space the host and port come from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT.
@@ -14,7 +16,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 from dataclasses import dataclass, fields
+
+from demo.cli import add_model_options, run_cli, set_threads
 
 
 def _env_port() -> int | None:
@@ -36,6 +41,8 @@ class AppConfig:
     queue_size: int = 64  # requests allowed to wait; beyond that users are told the app is busy
     cache: int = 4  # uploads whose results are kept, so that changing a view does not recompute
     atlas: str | None = None  # dataset atlas folder (python -m demo.mine --out DIR): adds the "Atlas" tab
+    compare: str | None = None  # a second .onnx file shown beside the first (same image, layer and channel)
+    health: str | None = None  # a folder of python -m demo.health: the "Model health" tab shows every layer
 
 
 def parse_args(argv: list[str] | None = None) -> AppConfig:
@@ -43,13 +50,10 @@ def parse_args(argv: list[str] | None = None) -> AppConfig:
     defaults = AppConfig()
     p = argparse.ArgumentParser(prog="python app.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", metavar="FILE.onnx",
-                   help="exported model (python -m export ...); default: models/vgg16_cat12.onnx")
     p.add_argument("--host", default=defaults.host, help="address to listen on (default: %(default)s)")
     p.add_argument("--port", type=int, default=defaults.port, help="port (default: 7860 or the next free one)")
     p.add_argument("--share", action="store_true", help="also create a public gradio.live link")
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
-                   help="where onnxruntime runs the network (default: %(default)s)")
+    add_model_options(p, resize=False, norm=False)
     p.add_argument("--threads", type=int, help="CPU threads for onnxruntime and NumPy (default: all cores)")
     p.add_argument("--concurrency", type=int, default=defaults.concurrency,
                    help="requests computed at the same time; the others wait in the queue (default: %(default)s)")
@@ -60,6 +64,13 @@ def parse_args(argv: list[str] | None = None) -> AppConfig:
     p.add_argument("--atlas", metavar="ATLAS_DIR",
                    help="a dataset atlas made by python -m demo.mine --out ATLAS_DIR: adds an \"Atlas\" tab (the "
                         "9 strongest image patches of each channel beside their projections)")
+    p.add_argument("--compare", metavar="OTHER.onnx",
+                   help="a second exported model shown beside the first, for the same image, layer and channel "
+                        "(an early checkpoint, or python -m export --random --out random.onnx)")
+    p.add_argument("--health", metavar="HEALTH_DIR",
+                   help="a folder written by python -m demo.health --out HEALTH_DIR: the \"Model health\" tab shows "
+                        "every layer's dead and rare channels, peaks and filter norms (the conv1 filters are always "
+                        "shown)")
     args = p.parse_args(argv)
     config = AppConfig(**{f.name: getattr(args, f.name) for f in fields(AppConfig)})
     for name in ("concurrency", "queue_size"):
@@ -72,43 +83,35 @@ def parse_args(argv: list[str] | None = None) -> AppConfig:
     return config
 
 
-def set_threads(threads: int | None) -> int:
-    """Size NumPy's BLAS/OpenMP thread pools (must run before NumPy is imported); returns the thread count."""
-    if threads is None:
-        try:
-            threads = len(os.sched_getaffinity(0))
-        except AttributeError:
-            threads = os.cpu_count() or 1
-        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ.setdefault(var, str(threads))
-    else:
-        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ[var] = str(threads)
-    return threads
-
-
 def serve(config: AppConfig, block: bool = True):
     """Load the model, build the page and serve it; returns (demo, pipeline, local_url) when ``block`` is False."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     threads = set_threads(config.threads)
-    from demo.pipeline import Pipeline, PipelineConfig
+    from demo.app.pipeline import Pipeline, PipelineConfig
 
     pipeline = Pipeline.from_path(config.model, device=config.device, threads=threads,
                                   config=PipelineConfig(cache_size=config.cache))
-    from demo.ui import build_demo, launch  # Gradio is slow to import: only once the model loaded
+    compare = None
+    if config.compare:  # the second model sees the same input size as the first, so pictures line up
+        compare = Pipeline.from_path(config.compare, device=config.device, threads=threads,
+                                     config=PipelineConfig(cache_size=config.cache, size=pipeline.size))
+    from demo.app.ui import build_demo, launch  # Gradio is slow to import: only once the model loaded
 
     try:
         demo = build_demo(pipeline, concurrency=config.concurrency, queue_size=config.queue_size,
-                          atlas_dir=config.atlas)
+                          atlas_dir=config.atlas, compare=compare, health_dir=config.health)
     except BaseException:
         pipeline.close()
         raise
     _, local_url, share_url = launch(demo, config.host, config.port, config.share, prevent_thread_lock=True,
                                      quiet=not block)
+    threading.Thread(target=pipeline.warm_up, name="warm-up", daemon=True).start()  # while the page loads
     print(f"Deconvnet demo on {local_url}" + (f" and {share_url}" if share_url else ""))
     print(f"model {pipeline.model.path}; onnxruntime provider: {pipeline.provider} ({threads} CPU threads)")
     if config.atlas:
         print(f"dataset atlas {config.atlas} in the \"Atlas\" tab")
+    if compare is not None:
+        print(f"compared with {compare.model.path} (onnxruntime provider: {compare.provider})")
     if not block:
         return demo, pipeline, local_url
     try:
@@ -119,13 +122,7 @@ def serve(config: AppConfig, block: bool = True):
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_args(argv)
-    try:
-        serve(config)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(serve, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Throughput of atlas mining (demo/mine.py) against the forward pass alone, measured side by side in one run.
+"""Throughput of atlas mining (demo/analyses/atlas) against the forward pass alone, measured side by side in one run.
 
     python bench/mine.py                                    # 32 images of cat-12 (or generated ones), 224 px
     python bench/mine.py --model models/vgg16_cat12.onnx --images 64 --batch-size 16
@@ -13,11 +13,16 @@ interleaved so that background load hits them alike):
    0.8x the throughput of 1;
 3. for comparison, the naive way: every activation and switch fetched (``OnnxModel.run``), maxima and the merge
    in NumPy;
-4. end to end from the image files: ``demo.mine.stream`` (decoding in background threads) against decoding and
+4. end to end from the image files: ``demo.analyses.atlas.mine.stream`` (decoding in background threads) against
    ``predict`` one batch after the other;
 5. the rendering pass, per entry: one deconvnet projection of a single activation at 224 px, for each mined
    layer, and what a full atlas of the layers would cost at that rate (k * C entries per layer). It does not
-   depend on the data set's size, only on the number of channels.
+   depend on the data set's size, only on the number of channels;
+6. the rendering rate: an atlas of the images is mined (``--render none``), then the tiles of the
+   ``--render-channels`` strongest channels of each layer are drawn (``render._draw_tiles``: a forward pass per
+   distinct image, the entries projected, tiles cut and saved), in entries per second: each layer alone, and
+   all layers in one pass as ``render`` draws them (an image's forward pass then serves all of its entries).
+   ``--only-render`` measures only this.
 
 Without --model a random-weight VGG16 is exported to a temporary file (speed does not depend on the weights);
 that needs torch, the benchmark only.
@@ -51,6 +56,8 @@ class BenchConfig:
     workers: int = 2  # decoding threads of the end-to-end run
     repeats: int = 2  # timed runs per measurement (the best one is reported)
     projections: int = 3  # entries per layer timed in the rendering measurement
+    render_channels: int = 8  # channels per layer whose tiles are drawn in the rendering-rate measurement
+    only_render: bool = False  # measure only the rendering rate
 
 
 def parse_args(argv: list[str] | None = None) -> BenchConfig:
@@ -67,6 +74,9 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     p.add_argument("--workers", type=int, default=2, help="decoding threads, end to end (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=2, help="timed runs per measurement (default: %(default)s)")
     p.add_argument("--projections", type=int, default=3, help="projections timed per layer (default: %(default)s)")
+    p.add_argument("--render-channels", type=int, default=8,
+                   help="channels per layer drawn in the rendering-rate measurement (default: %(default)s)")
+    p.add_argument("--only-render", action="store_true", help="measure only the rendering rate (6)")
     args = p.parse_args(argv)
     return BenchConfig(**{f.name: getattr(args, f.name) for f in fields(BenchConfig)})
 
@@ -80,16 +90,20 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from demo import mine  # noqa: E402
+from demo.analyses import dataset  # noqa: E402
+from demo.analyses.atlas import cli as atlas_cli  # noqa: E402
+from demo.analyses.atlas import render as atlas_render  # noqa: E402
+from demo.analyses.atlas.mine import TopK, stream  # noqa: E402
+from demo.analyses.atlas.read import Atlas  # noqa: E402
+from demo.cli import parse_layers  # noqa: E402
 from demo.deconv_numpy import Deconvnet  # noqa: E402
 from demo.onnx_forward import OnnxModel  # noqa: E402
-from demo.visualize import parse_layers  # noqa: E402
 from model import spec  # noqa: E402
 from model.data import Sample  # noqa: E402
 
 
 def export_random(path: Path, size: int) -> None:
-    """A random-weight VGG16 (the seed's head) exported to ``path`` (torch, here only)."""
+    """A random-weight VGG16 (the global max-pool head) exported to ``path`` (torch, here only)."""
     import torch
 
     from export.onnx_export import export_onnx
@@ -124,6 +138,46 @@ def best(fn, repeats: int) -> float:
     return min(times)
 
 
+def mine_atlas(model_path: Path, data: str | None, samples: list[Sample], out: Path, cfg: BenchConfig) -> Atlas:
+    """An atlas of ``samples`` (``--render none``: mined, nothing drawn), for the rendering-rate measurement."""
+    if data is None:  # the generated JPEGs: list them in a folder of their own
+        data = str(samples[0].path.parent)
+    config = atlas_cli.MineConfig(data=data, out=str(out), model=str(model_path), layers=cfg.layers,
+                                  batch_size=cfg.batch_size, size=cfg.size, render="none", limit=cfg.images,
+                                  workers=cfg.workers)
+    return Atlas(atlas_cli.run(config, bar=False))
+
+
+def render_todo(atlas: Atlas, layers: list[str], channels: int) -> dict[int, list[tuple[str, int, int]]]:
+    """The entries of the ``channels`` strongest channels of each of ``layers``, grouped by image (as ``render``)."""
+    todo: dict[int, list[tuple[str, int, int]]] = {}
+    for layer in layers:
+        (atlas.dir / atlas_render.TILES_DIR / layer).mkdir(parents=True, exist_ok=True)
+        for c in atlas.ranked_channels(layer)[:channels].tolist():
+            for r in range(atlas.index[f"{layer}/images"].shape[1]):
+                image = int(atlas.index[f"{layer}/images"][c, r])
+                if image >= 0 and atlas.index[f"{layer}/values"][c, r] > 0:
+                    todo.setdefault(image, []).append((layer, c, r))
+    return todo
+
+
+def rendering_rate(model: OnnxModel, atlas: Atlas, layers: list[str], cfg: BenchConfig, draw=None) -> float:
+    """Entries per second of ``draw`` (default ``render._draw_tiles``) on the strongest channels: each layer alone,
+    then all layers in one pass (as ``render`` draws them: one forward pass per image for all its entries)."""
+    draw = draw or atlas_render._draw_tiles
+    rule = atlas.info.get("rule", "deconvnet")
+    rate = 0.0
+    for which in [[layer] for layer in layers] + [layers]:
+        todo = render_todo(atlas, which, cfg.render_channels)
+        entries = sum(len(v) for v in todo.values())
+        seconds = best(lambda todo=todo: draw(model, atlas, todo, cfg.batch_size, cfg.workers, False, rule, None),
+                       cfg.repeats)
+        rate = entries / seconds
+        print(f"  {'+'.join(which):24} {entries:4} entries of {len(todo):3} images in {seconds:6.2f} s: "
+              f"{rate:6.1f} entries/s")
+    return rate
+
+
 def main() -> None:
     cfg = CONFIG
     sys.stdout.reconfigure(line_buffering=True)  # results as they come, also when redirected to a file
@@ -137,104 +191,120 @@ def main() -> None:
             model_path = tmp / "vgg16_random.onnx"
             export_random(model_path, cfg.size)
         data = cfg.data or (str(DEFAULT_DATA) if DEFAULT_DATA.is_file() else None)
-        samples = mine.read_samples(data)[: cfg.images] if data else generated_samples(tmp, cfg.images)
+        samples = dataset.read_samples(data)[: cfg.images] if data else generated_samples(tmp, cfg.images)
         source = data or f"{len(samples)} generated JPEGs"
-
         model = OnnxModel(model_path, device="auto", threads=THREADS)
-        maxima = mine.ChannelMaxima(model, layers, threads=THREADS)
-        load = mine.Loader(samples, cfg.size, model.mean, model.std)
-        x = np.stack([load(i) for i in range(len(samples))])  # (N, 3, S, S), decoded once for 1-3
-        N = len(x)
-        chunks = [x[i : i + cfg.batch_size] for i in range(0, N, cfg.batch_size)]
-        channels = {layer: spec.conv_channels(layer) for layer in layers}
-        print(f"{N} images of {source} at {cfg.size} px, batches of {cfg.batch_size}, layers {', '.join(layers)}; "
-              f"{model.providers[0]}, {THREADS} threads")
+        print(f"{len(samples)} images of {source} at {cfg.size} px, batches of {cfg.batch_size}, layers "
+              f"{', '.join(layers)}; {model.providers[0]}, {THREADS} threads")
+        if not cfg.only_render:
+            maxima = dataset.ChannelMaxima(model, layers, threads=THREADS)
+            load = dataset.Loader(samples, cfg.size, model.mean, model.std)
+            x = np.stack([load(i) for i in range(len(samples))])  # (N, 3, S, S), decoded once for 1-3
+            in_memory(cfg, model, maxima, x, layers)
+            per_image = end_to_end(cfg, model, maxima, load, len(x), layers)
+            single_projections(cfg, model, x, layers, per_image)
+        print(f"\n6. rendering rate, {cfg.render_channels} strongest channels per layer")
+        rendering_rate(model, mine_atlas(model_path, data, samples, tmp / "atlas", cfg), layers, cfg)
 
-        def forward_alone():
-            for batch in chunks:
-                model.predict(batch)
 
-        def mining():
-            state = mine.TopK.empty(channels, 9)
-            for b, batch in enumerate(chunks):
-                ids = np.arange(b * cfg.batch_size, b * cfg.batch_size + len(batch))
-                state = state.merged(ids, maxima.run(batch), int(ids[-1]) + 1)
-            return state
+def in_memory(cfg: BenchConfig, model: OnnxModel, maxima: dataset.ChannelMaxima, x: np.ndarray,
+              layers: list[str]) -> None:
+    """1-3. Forward alone, the streaming pass and the naive way on the same preprocessed batches, interleaved."""
+    N = len(x)
+    chunks = [x[i : i + cfg.batch_size] for i in range(0, N, cfg.batch_size)]
+    channels = {layer: spec.conv_channels(layer) for layer in layers}
 
-        def naive():
-            state = mine.TopK.empty(channels, 9)
-            for b, batch in enumerate(chunks):
-                ids = np.arange(b * cfg.batch_size, b * cfg.batch_size + len(batch))
-                _, acts, _ = model.run(batch)
-                out = {}
-                for layer in layers:
-                    a = acts[layer]
-                    flat = a.reshape(a.shape[0], a.shape[1], -1)
-                    where = flat.argmax(axis=2)
-                    out[layer] = (np.take_along_axis(flat, where[:, :, None], axis=2)[:, :, 0], where)
-                state = state.merged(ids, out, int(ids[-1]) + 1)
-            return state
+    def forward_alone():
+        for batch in chunks:
+            model.predict(batch)
 
-        forward_alone(), mining()  # warm-up: session initialisation, allocator, thread pools
-        t_forward, t_mining, t_naive = [], [], []
-        for _ in range(cfg.repeats):  # interleaved
-            t_forward.append(best(forward_alone, 1))
-            t_mining.append(best(mining, 1))
-            t_naive.append(best(naive, 1))
-        t_forward, t_mining, t_naive = min(t_forward), min(t_mining), min(t_naive)
-        reference, naive_state = mining(), naive()
-        same = all(np.array_equal(reference.images[n], naive_state.images[n]) for n in layers)
+    def mining():
+        state = TopK.empty(channels, 9)
+        for b, batch in enumerate(chunks):
+            ids = np.arange(b * cfg.batch_size, b * cfg.batch_size + len(batch))
+            state = state.merged(ids, maxima.run(batch), int(ids[-1]) + 1)
+        return state
 
-        print("\n1-3. in memory (preprocessed tensors)")
-        print(f"  forward alone (predict)          {t_forward:7.2f} s  {N / t_forward:7.1f} img/s")
-        print(f"  mining, streaming pass           {t_mining:7.2f} s  {N / t_mining:7.1f} img/s")
-        print(f"  naive (all outputs + NumPy)      {t_naive:7.2f} s  {N / t_naive:7.1f} img/s"
-              f"   (same top-9 images as mining: {same})")
-        ratio = t_forward / t_mining
-        print(f"  mining throughput / forward throughput = {ratio:.2f} (target >= 0.8: "
-              f"{'met' if ratio >= 0.8 else 'NOT met'});  naive: {t_forward / t_naive:.2f}")
+    def naive():
+        state = TopK.empty(channels, 9)
+        for b, batch in enumerate(chunks):
+            ids = np.arange(b * cfg.batch_size, b * cfg.batch_size + len(batch))
+            _, acts, _ = model.run(batch)
+            out = {}
+            for layer in layers:
+                a = acts[layer]
+                flat = a.reshape(a.shape[0], a.shape[1], -1)
+                where = flat.argmax(axis=2)
+                out[layer] = (np.take_along_axis(flat, where[:, :, None], axis=2)[:, :, 0], where)
+            state = state.merged(ids, out, int(ids[-1]) + 1)
+        return state
 
-        def end_to_end_mining():
-            mine.stream(maxima, load, N, mine.TopK.empty(channels, 9), cfg.batch_size, cfg.workers, bar=False)
+    forward_alone(), mining()  # warm-up: session initialisation, allocator, thread pools
+    t_forward, t_mining, t_naive = [], [], []
+    for _ in range(cfg.repeats):  # interleaved
+        t_forward.append(best(forward_alone, 1))
+        t_mining.append(best(mining, 1))
+        t_naive.append(best(naive, 1))
+    t_forward, t_mining, t_naive = min(t_forward), min(t_mining), min(t_naive)
+    reference, naive_state = mining(), naive()
+    same = all(np.array_equal(reference.images[n], naive_state.images[n]) for n in layers)
+    print("\n1-3. in memory (preprocessed tensors)")
+    print(f"  forward alone (predict)          {t_forward:7.2f} s  {N / t_forward:7.1f} img/s")
+    print(f"  mining, streaming pass           {t_mining:7.2f} s  {N / t_mining:7.1f} img/s")
+    print(f"  naive (all outputs + NumPy)      {t_naive:7.2f} s  {N / t_naive:7.1f} img/s"
+          f"   (same top-9 images as mining: {same})")
+    ratio = t_forward / t_mining
+    print(f"  mining throughput / forward throughput = {ratio:.2f} (target >= 0.8: "
+          f"{'met' if ratio >= 0.8 else 'NOT met'});  naive: {t_forward / t_naive:.2f}")
 
-        def end_to_end_forward():
-            for i in range(0, N, cfg.batch_size):
-                model.predict(np.stack([load(j) for j in range(i, min(i + cfg.batch_size, N))]))
 
-        t_e2e_forward, t_e2e_mining = [], []
-        for _ in range(cfg.repeats):
-            t_e2e_forward.append(best(end_to_end_forward, 1))
-            t_e2e_mining.append(best(end_to_end_mining, 1))
-        t_e2e_forward, t_e2e_mining = min(t_e2e_forward), min(t_e2e_mining)
-        print("\n4. end to end from the files (decode + resize + forward)")
-        print(f"  decode, then predict, per batch  {t_e2e_forward:7.2f} s  {N / t_e2e_forward:7.1f} img/s")
-        print(f"  mine.stream ({cfg.workers} decoding threads)  {t_e2e_mining:7.2f} s  {N / t_e2e_mining:7.1f} img/s")
-        print(f"  ratio = {t_e2e_forward / t_e2e_mining:.2f}")
+def end_to_end(cfg: BenchConfig, model: OnnxModel, maxima: dataset.ChannelMaxima, load: dataset.Loader, N: int,
+               layers: list[str]) -> float:
+    """4. From the image files: ``stream`` against decode-then-predict; returns the streaming seconds per image."""
+    channels = {layer: spec.conv_channels(layer) for layer in layers}
 
-        print("\n5. rendering pass: one projection of a single activation (the strongest of a channel)")
-        deconvnet = Deconvnet(model.weights)
-        _, acts, switches = model.run(x[:1])
-        total = 0.0
-        for layer in layers:
-            a = acts[layer]
-            peaks = a[0].reshape(a.shape[1], -1).max(axis=1)
-            picks = np.argsort(-peaks)[: cfg.projections]
-            times = []
-            for c in picks:
-                signal = np.zeros_like(a)
-                r, q = np.unravel_index(int(a[0, c].argmax()), a.shape[2:])
-                signal[0, c, r, q] = a[0, c, r, q]
-                start = time.perf_counter()
-                deconvnet.project_down(signal, layer, switches)
-                times.append(time.perf_counter() - start)
-            per = float(np.median(times))
-            entries = 9 * channels[layer]
-            total += per * entries
-            print(f"  {layer}: {per * 1e3:7.1f} ms per entry; {entries} entries: {per * entries / 60:6.1f} min")
-        per_image = t_e2e_mining / N
-        print(f"  a full atlas of {', '.join(layers)} renders in about {total / 60:.1f} min, as long as streaming "
-              f"{total / per_image:.0f} images at the rate above")
+    def end_to_end_mining():
+        stream(maxima, load, N, TopK.empty(channels, 9), cfg.batch_size, cfg.workers, bar=False)
 
+    def end_to_end_forward():
+        for i in range(0, N, cfg.batch_size):
+            model.predict(np.stack([load(j) for j in range(i, min(i + cfg.batch_size, N))]))
+
+    t_e2e_forward, t_e2e_mining = [], []
+    for _ in range(cfg.repeats):
+        t_e2e_forward.append(best(end_to_end_forward, 1))
+        t_e2e_mining.append(best(end_to_end_mining, 1))
+    t_e2e_forward, t_e2e_mining = min(t_e2e_forward), min(t_e2e_mining)
+    print("\n4. end to end from the files (decode + resize + forward)")
+    print(f"  decode, then predict, per batch  {t_e2e_forward:7.2f} s  {N / t_e2e_forward:7.1f} img/s")
+    print(f"  stream ({cfg.workers} decoding threads)  {t_e2e_mining:7.2f} s  {N / t_e2e_mining:7.1f} img/s")
+    print(f"  ratio = {t_e2e_forward / t_e2e_mining:.2f}")
+    return t_e2e_mining / N
+
+
+def single_projections(cfg: BenchConfig, model: OnnxModel, x: np.ndarray, layers: list[str],
+                       per_image: float) -> None:
+    """5. One projection of a single activation per entry (as ``render`` projects them), and a full atlas's cost."""
+    print("\n5. rendering pass: one projection of a single activation (the strongest of a channel)")
+    deconvnet = Deconvnet(model.weights)
+    _, acts, switches = model.run(x[:1])
+    total = 0.0
+    for layer in layers:
+        a = acts[layer]
+        peaks = a[0].reshape(a.shape[1], -1).max(axis=1)
+        picks = np.argsort(-peaks)[: cfg.projections]
+        times = []
+        for c in [picks[0], *picks.tolist()]:  # a warm-up first: the layouts are made on first use
+            r, q = np.unravel_index(int(a[0, c].argmax()), a.shape[2:])
+            start = time.perf_counter()
+            deconvnet.project_points(a, layer, switches, [0], [c], [r], [q])
+            times.append(time.perf_counter() - start)
+        per = float(np.median(times[1:]))
+        entries = 9 * spec.conv_channels(layer)
+        total += per * entries
+        print(f"  {layer}: {per * 1e3:7.1f} ms per entry; {entries} entries: {per * entries / 60:6.1f} min")
+    print(f"  a full atlas of {', '.join(layers)} renders in about {total / 60:.1f} min, as long as streaming "
+          f"{total / per_image:.0f} images at the rate above")
 
 if __name__ == "__main__":
     main()

@@ -2,9 +2,10 @@
 
 For each image size, in one run and on one model:
 
-- **real loop**: model/train.py's own pieces - ``make_transforms`` (random resized crop, flip, colour jitter,
-  normalise), ``ImageDataset`` (JPEG decoding, EXIF transpose, RGB), a shuffling ``DataLoader`` with
-  ``--workers`` processes and ``run_epoch`` (forward, cross-entropy, backward, optimizer step, metrics);
+- **real loop**: the training's own pieces (model/augment.py, model/loop.py) - ``make_transforms`` (random
+  resized crop, flip, colour jitter, normalise), ``ImageDataset`` (JPEG decoding, EXIF transpose, RGB), a
+  shuffling ``DataLoader`` with ``--workers`` processes and ``run_epoch`` (forward, cross-entropy, backward,
+  optimizer step, metrics);
 - **bare loop**: forward, cross-entropy, backward and the same optimizer step on one fixed batch already in memory
   (on the device), i.e. the ceiling the data pipeline can at best reach.
 
@@ -37,8 +38,10 @@ from torch.utils.data import DataLoader
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from model.augment import make_transforms  # noqa: E402
 from model.data import ImageDataset, Sample, find_samples  # noqa: E402
-from model.train import TrainConfig, make_transforms, pick_device, run_epoch  # noqa: E402
+from model.loop import pick_device, run_epoch  # noqa: E402
+from model.train import TrainConfig  # noqa: E402
 from model.vgg import VGG  # noqa: E402
 
 
@@ -107,13 +110,13 @@ def synchronize(device: torch.device) -> None:
 def make_model(config: BenchConfig, device: torch.device) -> tuple[VGG, torch.optim.Optimizer]:
     torch.manual_seed(config.seed)
     model = VGG(num_classes=12, batch_norm=config.batch_norm).to(device)
-    d = TrainConfig()  # the seed's optimizer
+    d = TrainConfig()  # the original notebook's optimizer
     optimizer = torch.optim.SGD(model.parameters(), lr=d.lr, momentum=d.momentum, weight_decay=d.weight_decay)
     return model, optimizer
 
 
 def real_loop(config: BenchConfig, samples: list[Sample], size: int, device: torch.device) -> float:
-    """Images/s of model/train.py's loop: a DataLoader decoding and augmenting JPEGs, fed to run_epoch.
+    """Images/s of the training loop (model/loop.py): a DataLoader decoding and augmenting JPEGs, fed to run_epoch.
 
     An untimed epoch of ``warmup`` batches first (kernels, allocator, page cache); then one timed epoch of
     ``steps`` batches from a fresh loader, workers started afresh as train.py does every epoch.

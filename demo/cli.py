@@ -11,15 +11,20 @@ Torch-free and light, so that ``model.train`` and ``export`` use it too. The con
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 Config = TypeVar("Config")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = REPO_ROOT / "models" / "vgg16_cat12.onnx"  # the model the app and the commands use by default
+DEVICES = ("auto", "cuda", "cpu")  # where onnxruntime runs the network; auto: CUDA when a GPU is usable
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEBUG_ENV = "DECONVNET_DEBUG"
@@ -70,6 +75,15 @@ def run_cli(run: Callable[[Config], object], config: Config, debug: bool | None 
     return EXIT_OK
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once, at import: os.umask can only be read by setting it
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], object], sync: bool = True) -> Path:
     """Write ``path`` all at once: ``write(tmp)`` fills a temporary file in the same folder, which is flushed to
     disk (``sync``) and renamed over ``path``. A failure at any point leaves the old file (or none) and no
@@ -79,6 +93,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], object], sync: bool =
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # what open() would have made, not mkstemp's private 0600
     try:
         write(tmp)
         if sync:
@@ -115,3 +130,71 @@ def set_threads(threads: int | None) -> int:
         for var in BLAS_THREAD_VARS:
             os.environ[var] = str(threads)
     return threads
+
+
+def add_debug_option(parser: argparse.ArgumentParser) -> None:
+    """``--debug``: show the Python traceback of an error (read by ``run_cli`` from the command line)."""
+    parser.add_argument("--debug", action="store_true", help="on an error, also print the Python traceback")
+
+
+def add_model_options(parser: argparse.ArgumentParser, resize: bool = True, norm: bool = False) -> None:
+    """The options every inference command shares: ``--model``, ``--device``, optionally ``--resize`` and
+    ``--norm``, and ``--debug``. Their values land in the config fields of the same names."""
+    parser.add_argument("--model", metavar="FILE.onnx",
+                        help=f"exported model (python -m export ...; default: {DEFAULT_MODEL.relative_to(REPO_ROOT)})")
+    parser.add_argument("--device", choices=DEVICES, default="auto",
+                        help="where onnxruntime runs the network: auto (CUDA if a GPU is usable), cuda, cpu "
+                             "(default: %(default)s)")
+    if resize:
+        from demo.preprocess import RESIZE_MODES
+
+        parser.add_argument("--resize", choices=RESIZE_MODES, default="crop",
+                            help="crop: short side to the input size, then the centre square, as in training; "
+                                 "stretch: the whole image squashed to a square (default: %(default)s)")
+    if norm:
+        from demo.display import NORMS
+
+        parser.add_argument("--norm", choices=NORMS, default="minmax",
+                            help="how a reconstruction becomes pixels: minmax (per image), signed (zero at "
+                                 "mid-grey), percentile (1-99 clipped) (default: %(default)s)")
+    add_debug_option(parser)
+
+
+def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """The image files ``inputs`` name: folders searched recursively for image suffixes (sorted), anything else
+    kept as given (a missing or unreadable file is reported when it is opened, beside the others)."""
+    from model.images import IMAGE_EXTENSIONS
+
+    found: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        else:
+            found.append(item)
+    return found
+
+
+def parse_layers(text: str) -> list[str]:
+    """"all", one layer or a comma-separated list -> conv layer names (validated)."""
+    from model.spec import CONV_LAYERS
+
+    layers = list(CONV_LAYERS) if text == "all" else [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [name for name in layers if name not in CONV_LAYERS]
+    if unknown or not layers:
+        raise ValueError(f"unknown layer(s) {unknown or text!r}; expected 'all' or names from {', '.join(CONV_LAYERS)}")
+    return layers
+
+
+def parse_class(text: str | None, class_names: Sequence[str]) -> int | None:
+    """A class given as an index ("3") or a name ("Bombay", case-insensitive) -> its index; None stays None."""
+    if text is None:
+        return None
+    if text.strip().lstrip("-").isdigit():
+        index = int(text)
+        if not 0 <= index < len(class_names):
+            raise ValueError(f"class {index} out of range 0..{len(class_names) - 1}")
+        return index
+    lowered = [n.lower() for n in class_names]
+    if text.strip().lower() not in lowered:
+        raise ValueError(f"unknown class {text!r}; classes: {', '.join(class_names)}")
+    return lowered.index(text.strip().lower())

@@ -3,7 +3,7 @@
 One place decides how numbers become grey levels. Three modes:
 
 - ``"minmax"``: per image, (x - min) / (max - min) with the map's own minimum and maximum, whatever their
-  signs (the seed's stretch failed on maps whose minimum is above 0).
+  signs (the original notebook's stretch failed on maps whose minimum is above 0).
 - ``"signed"``: zero is mid-grey and the scale is symmetric, 0.5 + 0.5 * x / max|x|: the sign of a
   deconvnet reconstruction stays visible (positive brighter, negative darker).
 - ``"percentile"``: min-max between the 1st and 99th percentiles, clipping the rest, so that a few extreme
@@ -18,13 +18,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from model import spec
+
 NORMS = ("minmax", "signed", "percentile")
 PERCENTILES = (1.0, 99.0)
 GREY = 128  # the grey of a flat tile (and of zero in "signed" mode)
+OUTSIDE = 230  # grey of window pixels that lie outside the picture
 
 
 def _is_flat(lo: float, hi: float) -> bool:
@@ -85,7 +89,8 @@ def map_image(fmap: np.ndarray, mode: str = "minmax",
 
 
 def merge_channels(activation: np.ndarray, how: str = "sum") -> np.ndarray:
-    """The seed's "merged" view of a layer: its (C, h, w) or (1, C, h, w) feature maps summed (or averaged).
+    """The "merged" view of a layer (as the original notebook showed it): its (C, h, w) or (1, C, h, w) feature
+    maps summed (or averaged).
 
     Sum and mean give the same picture after normalisation; they differ only in the raw numbers.
     """
@@ -106,29 +111,79 @@ def upscale(image: np.ndarray, factor: int) -> np.ndarray:
     return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
 
 
-def feature_grid(activation: np.ndarray, mode: str = "minmax", columns: int | None = None,
-                 min_tile: int = 32, gap: int = 1, max_channels: int | None = None,
-                 percentiles: tuple[float, float] = PERCENTILES) -> tuple[np.ndarray, np.ndarray]:
-    """Every channel of a layer as its own tile: (C, h, w) feature maps -> (H, W, 3) uint8 grid, flat flags (C,).
+@dataclass(frozen=True)
+class GridLayout:
+    """How ``feature_grid`` lays out C feature maps: row-major tiles of tile_h x tile_w, ``gap`` apart."""
 
-    Each tile is normalised alone; flat channels (dead ReLUs, all zero) are grey and flagged. Tiles are
-    enlarged by an integer factor to at least ``min_tile`` pixels, laid out ``columns`` wide (default: a square
-    grid) with ``gap`` white pixels between them. ``max_channels`` keeps only the first channels.
+    channels: int
+    columns: int
+    tile_h: int
+    tile_w: int
+    gap: int = 1
+
+    @property
+    def rows(self) -> int:
+        return math.ceil(self.channels / self.columns)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the grid picture in pixels."""
+        return (self.rows * (self.tile_h + self.gap) - self.gap, self.columns * (self.tile_w + self.gap) - self.gap)
+
+    @classmethod
+    def for_maps(cls, C: int, h: int, w: int, min_tile: int = 32, max_width: int = 1024, gap: int = 1) -> GridLayout:
+        """A square-ish grid for C maps of (h, w): small maps enlarged to ``min_tile`` px, big ones shrunk so that
+        the grid is at most about ``max_width`` px wide."""
+        columns = math.ceil(math.sqrt(C))
+        side = max(h, w)
+        if side < min_tile:
+            factor = math.ceil(min_tile / side)
+            return cls(C, columns, h * factor, w * factor, gap)
+        shrink = max(1, math.ceil(side / max(min_tile, max_width // columns - gap)))
+        return cls(C, columns, max(1, h // shrink), max(1, w // shrink), gap)
+
+    def channel_at(self, x: float, y: float) -> int | None:
+        """The channel whose tile holds pixel (x, y) of the grid picture, or None for a gap or outside."""
+        col, dx = divmod(int(x), self.tile_w + self.gap)
+        row, dy = divmod(int(y), self.tile_h + self.gap)
+        if x < 0 or y < 0 or dx >= self.tile_w or dy >= self.tile_h or col >= self.columns:
+            return None
+        channel = row * self.columns + col
+        return channel if channel < self.channels else None
+
+
+def feature_grid(activation: np.ndarray, norm: str = "minmax",
+                 layout: GridLayout | None = None) -> tuple[np.ndarray, np.ndarray, GridLayout]:
+    """Each channel of a layer as its own tile: (C, h, w) or (1, C, h, w) feature maps -> (H, W, 3) uint8 grid,
+    flat flags (C,) and the ``GridLayout`` (which channel is where: ``layout.channel_at(x, y)``).
+
+    Each tile is normalised alone; flat channels (a ReLU that never fires here) are mid-grey and flagged. Tiles
+    are enlarged by nearest neighbour or shrunk by box averaging to the layout's tile size (default:
+    ``GridLayout.for_maps``, a square-ish grid about 1024 px wide at most), ``layout.gap`` white pixels apart.
     """
-    a = np.asarray(activation, dtype=np.float32)
-    if a.ndim == 4 and a.shape[0] == 1:
-        a = a[0]
-    if a.ndim != 3:
-        raise ValueError(f"expected (C, h, w) feature maps, got shape {a.shape}")
-    if max_channels is not None:
-        a = a[:max_channels]
-    C, h, w = a.shape
-    factor = max(1, math.ceil(min_tile / max(h, w)))
+    activation = np.asarray(activation, dtype=np.float32)
+    if activation.ndim == 4 and activation.shape[0] == 1:
+        activation = activation[0]
+    if activation.ndim != 3:
+        raise ValueError(f"expected (C, h, w) feature maps, got shape {activation.shape}")
+    C, h, w = activation.shape
+    layout = layout or GridLayout.for_maps(C, h, w)
     tiles, flags = [], np.zeros(C, dtype=bool)
     for c in range(C):
-        tile, flags[c] = map_image(a[c], mode, percentiles)
-        tiles.append(upscale(tile, factor))
-    return grid(tiles, columns, gap), flags
+        tile, flags[c] = map_image(activation[c], norm)
+        if (layout.tile_h, layout.tile_w) != (h, w):
+            if layout.tile_h >= h:
+                tile = upscale(tile, layout.tile_h // h)
+            else:
+                tile = np.asarray(Image.fromarray(tile).resize((layout.tile_w, layout.tile_h), Image.Resampling.BOX))
+        tiles.append(tile)
+    return grid(tiles, layout.columns, layout.gap), flags, layout
+
+
+def enlarge(picture: np.ndarray, min_side: int) -> np.ndarray:
+    """Nearest-neighbour enlargement of an (h, w, 3) picture by the smallest integer factor reaching ``min_side``."""
+    side = max(picture.shape[:2])
+    return upscale(picture, math.ceil(min_side / side)) if side < min_side else picture
 
 
 def grid(tiles: Sequence[np.ndarray], columns: int | None = None, gap: int = 1, background: int = 255) -> np.ndarray:
@@ -178,19 +233,25 @@ def tile_images(images: Sequence[np.ndarray], captions: Sequence[str] | None = N
     return grid(cells, columns or len(cells), gap, background)
 
 
-def support_box(recon: np.ndarray, margin: int = 0) -> tuple[int, int, int, int] | None:
-    """Rows r0:r1 and columns c0:c1 of the non-zero part of a (3, H, W) reconstruction, or None if all zero.
+def field_tile(picture: np.ndarray, top: int, left: int, side: int, fill: int = OUTSIDE) -> np.ndarray:
+    """Cut the window (top, left, side) from ``picture`` (H, W, 3) uint8 -> (side, side, 3) uint8.
 
-    A single activation's reconstruction is zero outside its receptive field; crop to this box (as the paper's
-    figures do) with ``recon[:, r0:r1, c0:c1]``.
+    The window keeps its place: pixels outside the picture are ``fill``, so the unit stays at the tile's centre.
     """
-    x = np.asarray(recon)
-    if x.ndim == 4 and x.shape[0] == 1:
-        x = x[0]
-    C, H, W = x.shape
-    nz = np.abs(x).sum(axis=0) > 0
-    rows, cols = np.flatnonzero(nz.any(axis=1)), np.flatnonzero(nz.any(axis=0))
-    if rows.size == 0:
-        return None
-    return (max(int(rows[0]) - margin, 0), min(int(rows[-1]) + 1 + margin, H),
-            max(int(cols[0]) - margin, 0), min(int(cols[-1]) + 1 + margin, W))
+    H, W = picture.shape[:2]
+    r0, r1, c0, c1 = spec.clip_box(top, left, side, H, W)
+    tile = np.full((side, side, 3), fill, dtype=np.uint8)
+    if r1 > r0 and c1 > c0:
+        tile[r0 - top : r1 - top, c0 - left : c1 - left] = picture[r0:r1, c0:c1]
+    return tile
+
+
+def projection_tile(projection: np.ndarray, top: int, left: int, side: int, norm: str = "minmax") -> np.ndarray:
+    """A single activation's projection (3, H, W) cut to its receptive field (top, left, side) -> (side, side, 3)
+    uint8, normalised over the part inside the image (where all of its non-zero values lie)."""
+    C, H, W = projection.shape
+    r0, r1, c0, c1 = spec.clip_box(top, left, side, H, W)
+    picture, _ = reconstruction_image(projection[:, r0:r1, c0:c1], norm)
+    tile = np.full((side, side, 3), OUTSIDE, dtype=np.uint8)
+    tile[r0 - top : r1 - top, c0 - left : c1 - left] = picture
+    return tile

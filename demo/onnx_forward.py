@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import json
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -20,11 +19,9 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
+from demo.cli import DEFAULT_MODEL, DEVICES, REPO_ROOT, cpu_threads
+from demo.head_numpy import Head
 from model import spec
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL = REPO_ROOT / "models" / "vgg16_cat12.onnx"  # the model the app and the CLIs use by default
-DEVICES = ("auto", "cuda", "cpu")
 
 
 def resolve_model_path(path: str | Path | None) -> Path:
@@ -57,12 +54,15 @@ def cuda_device_count() -> int:
     return 0
 
 
-def cpu_threads() -> int:
-    """CPU cores this process may use (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """The onnxruntime options every session of the project uses: ``threads`` intra-op threads (None: every core
+    this process may use), one inter-op thread, all graph optimisations, errors-only logging."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or cpu_threads()
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only
+    return options
 
 
 def _resolve(graph: onnx.GraphProto, name: str) -> np.ndarray:
@@ -100,6 +100,59 @@ def conv_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return weights
 
 
+def _constant(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
+    """The constant tensor named ``name`` as float32, or None when the graph computes it."""
+    try:
+        return np.asarray(_resolve(graph, name), dtype=np.float32)
+    except ValueError:
+        return None
+
+
+def _linear_layers(graph: onnx.GraphProto) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(weight (out, in), bias (out,)) float32 of each Linear after the last Conv, in graph order.
+
+    A Linear is a Gemm whose B input is a constant (any transB, alpha and beta; no bias input: zero), or a
+    MatMul by a constant 2-D matrix, with the constant of an Add that takes its output as bias. MatMuls by
+    computed matrices (the adaptive average pool, written with the input's size) are not Linear layers.
+    """
+    nodes = list(graph.node)
+    start = max((i for i, n in enumerate(nodes) if n.op_type == "Conv"), default=-1) + 1
+    layers = []
+    for node in nodes[start:]:
+        if node.op_type not in ("Gemm", "MatMul") or (b := _constant(graph, node.input[1])) is None or b.ndim != 2:
+            continue
+        if node.op_type == "Gemm":
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            if attrs.get("transA", 0):
+                raise ValueError(f"Gemm {node.name!r} with transA is not a Linear layer of a VGG head")
+            weight = attrs.get("alpha", 1.0) * (b if attrs.get("transB", 0) else b.T)
+            c = _constant(graph, node.input[2]) if len(node.input) > 2 and node.input[2] else None
+            bias = np.zeros(weight.shape[0], np.float32) if c is None else attrs.get("beta", 1.0) * c
+        else:
+            weight, bias = b.T, np.zeros(b.shape[1], np.float32)
+            for add in (n for n in nodes if n.op_type == "Add" and node.output[0] in n.input):
+                other = next(i for i in add.input if i != node.output[0])
+                if (c := _constant(graph, other)) is not None:
+                    bias = c
+        layers.append((np.ascontiguousarray(weight, dtype=np.float32),
+                       np.broadcast_to(np.asarray(bias, np.float32).reshape(-1), (weight.shape[0],)).copy()))
+    return layers
+
+
+def head_weights(source: str | Path | onnx.ModelProto) -> Head:
+    """The class-score head of an exported VGG16 (a .onnx file or a loaded model), for ``demo.head_numpy``.
+
+    The kind ("gmp" or "torchvision") is the model card's "head" (by the number of Linear layers for files
+    without one); the Linear layers are read from the graph after the last Conv (Gemm, or MatMul + Add).
+    """
+    proto = source if isinstance(source, onnx.ModelProto) else onnx.load(str(source))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    layers = _linear_layers(proto.graph)
+    kind = json.loads(meta.get(spec.META_MODEL_CARD, "{}")).get("head") or {1: "gmp", 3: "torchvision"}.get(
+        len(layers), "unknown")
+    return Head(kind, tuple(layers))
+
+
 class OnnxModel:
     """An exported VGG16 in onnxruntime, with its metadata and its conv weights.
 
@@ -123,16 +176,24 @@ class OnnxModel:
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
         self.path = resolve_model_path(path)
-        proto = onnx.load(str(self.path))
+        try:
+            proto = onnx.load(str(self.path))
+        except Exception as err:  # protobuf's DecodeError and friends: the file is not an ONNX model
+            raise ValueError(f"{self.path}: not an ONNX model file ({type(err).__name__}); export one with "
+                             "`python -m export`") from None
         meta = {p.key: p.value for p in proto.metadata_props}
         missing = [k for k in (spec.META_CLASS_NAMES, spec.META_MEAN, spec.META_STD, spec.META_INPUT_SIZE)
                    if k not in meta]
         if missing:
             raise ValueError(f"{self.path}: metadata {missing} missing; export the model with `python -m export`")
-        self.class_names: list[str] = json.loads(meta[spec.META_CLASS_NAMES])
-        self.mean = np.asarray(json.loads(meta[spec.META_MEAN]), dtype=np.float32)
-        self.std = np.asarray(json.loads(meta[spec.META_STD]), dtype=np.float32)
-        self.input_size = int(json.loads(meta[spec.META_INPUT_SIZE]))
+        try:
+            self.class_names: list[str] = json.loads(meta[spec.META_CLASS_NAMES])
+            self.mean = np.asarray(json.loads(meta[spec.META_MEAN]), dtype=np.float32).reshape(3)
+            self.std = np.asarray(json.loads(meta[spec.META_STD]), dtype=np.float32).reshape(3)
+            self.input_size = int(json.loads(meta[spec.META_INPUT_SIZE]))
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{self.path}: unreadable metadata ({err}); export the model with `python -m export`") \
+                from None
         self.layers: list[str] = json.loads(meta.get(spec.META_LAYERS, "null")) or [
             *spec.CONV_LAYERS, *spec.POOL_LAYERS]
         self.conv_layers = [n for n in self.layers if n.startswith("conv")]
@@ -150,20 +211,20 @@ class OnnxModel:
         self.providers: list[str] = self.session.get_providers()
 
     def _session(self, device: str, threads: int | None) -> ort.InferenceSession:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or cpu_threads()
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3  # errors only
+        options = session_options(threads)
         providers: list = ["CPUExecutionProvider"]
         want_cuda = device == "cuda" or (device == "auto" and cuda_device_count() > 0)
         if want_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
             try:  # without torch in the process, onnxruntime must load the CUDA/cuDNN libraries itself
                 ort.preload_dlls()
-            except Exception as err:  # noqa: BLE001 - any failure here only means "CPU after all"
+            except Exception as err:  # any failure here only means "CPU after all"
                 warnings.warn(f"onnxruntime.preload_dlls() failed ({err}); CUDA may be unavailable", stacklevel=3)
             providers.insert(0, "CUDAExecutionProvider")
-        session = ort.InferenceSession(str(self.path), options, providers=providers)
+        try:
+            session = ort.InferenceSession(str(self.path), options, providers=providers)
+        except Exception as err:  # onnxruntime's InvalidGraph, Fail ...: a file it cannot run
+            raise ValueError(f"{self.path}: onnxruntime cannot load this model ({type(err).__name__}: "
+                             f"{' '.join(str(err).split())[:200]})") from None
         if device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
             warnings.warn("CUDA was asked for but onnxruntime runs on the CPU", stacklevel=3)
         return session
@@ -172,6 +233,13 @@ class OnnxModel:
     def device(self) -> str:
         """"cuda" when the session runs on the GPU, else "cpu"."""
         return "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
+
+    @property
+    def head(self) -> Head:
+        """The class-score head's kind and Linear layers (``head_weights``), read from the file on first use."""
+        if getattr(self, "_head", None) is None:
+            self._head = head_weights(self.path)
+        return self._head
 
     def run(self, image: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Forward ``image`` (N, 3, H, W) float32, normalised, H and W multiples of 16.
@@ -186,9 +254,18 @@ class OnnxModel:
         switches = {pool: out[spec.switch_output(pool)] for pool in spec.POOL_LAYERS}
         return out[spec.PROBS_NAME], activations, switches
 
-    def predict(self, image: np.ndarray) -> np.ndarray:
-        """Class probabilities (N, K) of ``image`` (N, 3, H, W) float32 (fetches only ``probs``)."""
-        return self.session.run([spec.PROBS_NAME], {spec.INPUT_NAME: self._check(image)})[0]
+    def predict(self, image: np.ndarray, tta: bool = False, probs: np.ndarray | None = None) -> np.ndarray:
+        """Class probabilities (N, K) of ``image`` (N, 3, H, W) float32 (fetches only ``probs``).
+
+        ``tta``: horizontal-flip test-time augmentation, the mean of the probabilities of the image and of its
+        mirror image; ``probs``: the image's own probabilities when the caller has them already.
+        """
+        if probs is None:
+            probs = self.session.run([spec.PROBS_NAME], {spec.INPUT_NAME: self._check(image)})[0]
+        if not tta:
+            return probs
+        mirrored = self.session.run([spec.PROBS_NAME], {spec.INPUT_NAME: self._check(image[..., ::-1])})[0]
+        return (probs + mirrored) / 2
 
     def _check(self, image: np.ndarray) -> np.ndarray:
         if image.ndim != 4 or image.shape[1] != 3:

@@ -3,11 +3,14 @@
     python -m demo.predict photos/ --csv predictions.csv
     python -m demo.predict a.jpg b.png --model models/vgg16_imagenet.onnx --csv out.csv
     python -m demo.predict --labels ../shared/data/cat12/train_list.txt --csv train.csv   # images of the file
+    python -m demo.predict --labels runs/cat12_v2/val_list.txt --tta --csv val.csv   # with flip TTA, both figures
 
 The CSV has one row per image: ``path,class,breed,probability`` (class index, its name, its probability).
 With ``--labels`` (a cat-12 label file, ``<relative path><TAB><label>`` per line) it also prints
 ``accuracy: 0.xxxx`` and the confusion matrix (rows: true class, columns: predicted) over the images that
-have a label; without image arguments it classifies every image the label file lists.
+have a label; without image arguments it classifies every image the label file lists. ``--tta`` averages each
+image's probabilities with its mirror image's (horizontal-flip test-time augmentation): the CSV holds the averaged
+ones, and with ``--labels`` both accuracies are printed, without and with it.
 """
 
 from __future__ import annotations
@@ -22,12 +25,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from demo.cli import run_cli
-from demo.onnx_forward import DEVICES, OnnxModel
-from demo.preprocess import RESIZE_MODES, load_image, preprocess
+from demo.cli import add_model_options, collect_images, run_cli
+from demo.onnx_forward import OnnxModel
+from demo.preprocess import load_image, preprocess
 from model.data import parse_label_file
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 @dataclass
@@ -42,6 +43,7 @@ class PredictConfig:
     resize: str = "crop"  # crop (short side, centre square) or stretch
     device: str = "auto"  # auto (CUDA if present), cuda, cpu
     confusion_png: str | None = None  # also draw the confusion matrix here (needs matplotlib)
+    tta: bool = False  # also classify the mirror image and average (horizontal-flip test-time augmentation)
 
 
 def parse_args(argv: list[str] | None = None) -> PredictConfig:
@@ -52,14 +54,12 @@ def parse_args(argv: list[str] | None = None) -> PredictConfig:
                    help="image files and/or folders (recursive); default with --labels: the label file's images")
     p.add_argument("--csv", required=True, metavar="OUT.csv", help="where to write path,class,breed,probability")
     p.add_argument("--labels", metavar="LABEL_FILE", help="cat-12 label file: print accuracy and confusion matrix")
-    p.add_argument("--model", metavar="FILE.onnx",
-                   help="exported model (default: models/vgg16_cat12.onnx in the repository)")
+    add_model_options(p, resize=True, norm=False)
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: %(default)s)")
-    p.add_argument("--resize", choices=RESIZE_MODES, default="crop",
-                   help="crop: short side to the input size, centre square; stretch: whole image squashed "
-                        "(default: %(default)s)")
-    p.add_argument("--device", choices=DEVICES, default="auto", help="onnxruntime device (default: %(default)s)")
     p.add_argument("--confusion-png", metavar="FILE.png", help="with --labels: also plot the confusion matrix")
+    p.add_argument("--tta", action="store_true",
+                   help="horizontal-flip test-time augmentation: average the probabilities of each image and its "
+                        "mirror image; with --labels both accuracies are printed")
     args = p.parse_args(argv)
     if not args.inputs and not args.labels:
         p.error("give images or folders, or --labels LABEL_FILE")
@@ -68,27 +68,17 @@ def parse_args(argv: list[str] | None = None) -> PredictConfig:
     return PredictConfig(**{f.name: getattr(args, f.name) for f in fields(PredictConfig)})
 
 
-def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
-    """Image files named by ``inputs``: files as given, folders searched recursively (sorted)."""
-    found: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            found += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        elif item.is_file():
-            found.append(item)
-        else:
-            raise FileNotFoundError(f"no such file or folder: {item}")
-    return found
-
-
 def _batches(paths: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
     for i in range(0, len(paths), size):
         yield paths[i : i + size]
 
 
-def classify(model: OnnxModel, paths: Sequence[Path], batch_size: int = 16,
-             resize: str = "crop") -> tuple[list[Path], np.ndarray, list[str]]:
-    """Probabilities (M, K) of the images that could be read, their paths, and messages for those that could not."""
+def classify(model: OnnxModel, paths: Sequence[Path], batch_size: int = 16, resize: str = "crop",
+             tta: bool = False) -> tuple[list[Path], np.ndarray, list[str]]:
+    """Probabilities (M, K) of the images that could be read, their paths, and messages for those that could not.
+
+    ``tta``: probabilities (M, 2, K) instead: [:, 0] of the image, [:, 1] averaged with its mirror image.
+    """
     done, probs, errors = [], [], []
     with tqdm(total=len(paths), unit="img", disable=len(paths) < 32, file=sys.stderr) as bar:
         for batch in _batches(paths, batch_size):
@@ -96,16 +86,19 @@ def classify(model: OnnxModel, paths: Sequence[Path], batch_size: int = 16,
             for path in batch:
                 try:
                     image = load_image(path)
-                except (OSError, ValueError) as err:  # unreadable or not an image
-                    errors.append(f"{path}: {err}")
+                except ValueError as err:  # model.images.ImageError: names the file and the reason
+                    errors.append(str(err))
                     continue
                 tensors.append(preprocess(image, model.input_size, model.mean, model.std, resize))
                 done.append(path)
             if tensors:
-                probs.append(model.predict(np.concatenate(tensors)))
+                x = np.concatenate(tensors)
+                plain = model.predict(x)
+                probs.append(np.stack([plain, model.predict(x, tta=True, probs=plain)], axis=1) if tta else plain)
             bar.update(len(batch))
     K = len(model.class_names)
-    return done, (np.concatenate(probs) if probs else np.zeros((0, K), np.float32)), errors
+    empty = np.zeros((0, 2, K) if tta else (0, K), np.float32)
+    return done, (np.concatenate(probs) if probs else empty), errors
 
 
 def confusion_matrix(true: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -154,9 +147,13 @@ def run(config: PredictConfig) -> dict:
     samples = parse_label_file(config.labels) if config.labels else []
     labelled = {s.path.resolve(): s.label for s in samples}
     paths = collect_images(config.inputs) if config.inputs else [s.path for s in samples]
-    paths, probs, errors = classify(model, paths, config.batch_size, config.resize)
+    paths, probs, errors = classify(model, paths, config.batch_size, config.resize, config.tta)
+    plain = probs[:, 0] if config.tta else probs
+    probs = probs[:, 1] if config.tta else probs  # what the CSV reports
     for message in errors:
         print(f"skipped {message}", file=sys.stderr)
+    if errors and not paths:
+        raise ValueError(f"none of the {len(errors)} image(s) could be read; nothing classified")
     pred = probs.argmax(axis=1) if len(probs) else np.zeros(0, np.int64)
 
     Path(config.csv).parent.mkdir(parents=True, exist_ok=True)
@@ -168,6 +165,8 @@ def run(config: PredictConfig) -> dict:
     print(f"wrote {len(paths)} predictions to {config.csv}")
 
     result = {"paths": paths, "probs": probs, "accuracy": None, "confusion": None}
+    if config.tta:
+        result["plain_probs"] = plain
     if config.labels:
         K = len(model.class_names)
         keep = [i for i, p in enumerate(paths) if p.resolve() in labelled]
@@ -182,7 +181,12 @@ def run(config: PredictConfig) -> dict:
         cm = confusion_matrix(true, pred[keep], K)
         result.update(accuracy=float(np.trace(cm) / cm.sum()), confusion=cm)
         print(f"labelled images: {len(keep)}")
-        print(f"accuracy: {result['accuracy']:.4f}")
+        if config.tta:
+            result["plain_accuracy"] = float((plain[keep].argmax(axis=1) == true).mean())
+            print(f"accuracy without flip TTA: {result['plain_accuracy']:.4f}")
+            print(f"accuracy with flip TTA: {result['accuracy']:.4f} (the CSV, the matrix and the per-class figures)")
+        else:
+            print(f"accuracy: {result['accuracy']:.4f}")
         print("confusion matrix (rows: true class, columns: predicted class)")
         print(format_confusion(cm, model.class_names))
         print("per-class accuracy (recall):")

@@ -76,6 +76,14 @@ def preprocess(image: Image.Image | str | Path, size: int, mean, std, resize: st
         rgb = load_image(image, background)
     else:
         rgb = to_rgb(image, background)
+    return normalise(rgb, size, mean, std, resize)
+
+
+def normalise(rgb: Image.Image, size: int, mean, std, resize: str = "crop") -> np.ndarray:
+    """An 8-bit RGB picture, already upright (``to_rgb``'s result) -> (1, 3, size, size) float32: resized
+    (``fit``), scaled to [0, 1] and normalised per channel with ``mean`` and ``std`` (3,)."""
+    if rgb.mode != "RGB":
+        raise ValueError(f"expected an RGB picture, got mode {rgb.mode} (convert it with to_rgb)")
     pixels = np.asarray(fit(rgb, size, resize), dtype=np.float32) / 255.0  # (H, W, 3) in [0, 1]
     mean = np.asarray(mean, dtype=np.float32)
     std = np.asarray(std, dtype=np.float32)

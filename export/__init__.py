@@ -1,5 +1,5 @@
-"""Export a VGG to one self-contained .onnx file with every activation and switch as outputs (``python -m export``)."""
+"""Export a VGG to one self-contained .onnx file with every activation and switch as outputs (``python -m export``).
 
-from export.onnx_export import ExportCheckError, export_onnx
-
-__all__ = ["ExportCheckError", "export_onnx"]
+The export itself lives in ``export.onnx_export`` (``export_onnx``, ``ExportCheckError``); this package file
+imports nothing, so that ``python -m export`` can say what to install when PyTorch is missing.
+"""

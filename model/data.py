@@ -12,26 +12,38 @@ from __future__ import annotations
 
 import hashlib
 import random
-import warnings
+import re
+import sys
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
 from model import images
 from model.images import IMAGE_EXTENSIONS
+from model.spec import CAT12_BREEDS, default_class_names
+
+if TYPE_CHECKING:
+    from model.train import TrainConfig
 
 
 @dataclass(frozen=True)
 class Sample:
+    """One labelled image: its file, its class index, and the label file's line that named it (0: none)."""
+
     path: Path
     label: int
+    line: int = field(default=0, compare=False)
 
 
-def parse_label_file(path: str | Path) -> list[Sample]:
-    """Read ``path<TAB>label`` lines; relative paths are resolved against the label file's folder."""
+def parse_label_file(path: str | Path, num_classes: int | None = None) -> list[Sample]:
+    """Read ``path<TAB>label`` lines; relative paths are resolved against the label file's folder.
+
+    ``num_classes``: labels must lie in ``0 .. num_classes - 1`` (an error naming the file and line otherwise).
+    """
     path = Path(path)
     samples = []
     text = path.read_text(encoding="utf-8-sig")  # drops a BOM
@@ -47,7 +59,10 @@ def parse_label_file(path: str | Path) -> list[Sample]:
         label = int(parts[1])
         if label < 0:
             raise ValueError(f"{path}:{number}: negative label {label}")
-        samples.append(Sample(path.parent / parts[0].strip(), label))
+        if num_classes is not None and label >= num_classes:
+            raise ValueError(f"{path}:{number}: label {label} is outside the {num_classes} classes 0-{num_classes - 1} "
+                             "(set the number of classes with --classes)")
+        samples.append(Sample(path.parent / parts[0].strip(), label, number))
     if not samples:
         raise ValueError(f"{path}: no labelled images")
     return samples
@@ -74,18 +89,22 @@ def scan_image_folder(root: str | Path) -> tuple[list[Sample], list[str]]:
     return samples, classes
 
 
-def find_samples(data: str | Path) -> tuple[list[Sample], list[str] | None]:
+def find_samples(data: str | Path, num_classes: int | None = None) -> tuple[list[Sample], list[str] | None]:
     """Samples of a label file, of a folder holding ``train_list.txt``, or of an ImageFolder tree.
 
     Returns the samples and the class names when the layout names them (ImageFolder), else None.
+    ``num_classes``: the labels must lie in ``0 .. num_classes - 1`` (an ImageFolder must have that many classes).
     """
     data = Path(data)
     if data.is_file():
-        return parse_label_file(data), None
+        return parse_label_file(data, num_classes), None
     if (data / "train_list.txt").is_file():
-        return parse_label_file(data / "train_list.txt"), None
+        return parse_label_file(data / "train_list.txt", num_classes), None
     if data.is_dir():
-        return scan_image_folder(data)
+        samples, classes = scan_image_folder(data)
+        if num_classes is not None and len(classes) != num_classes:
+            raise ValueError(f"{data}: {len(classes)} class folders, but {num_classes} classes were asked for")
+        return samples, classes
     raise FileNotFoundError(f"{data}: no such label file or folder")
 
 
@@ -100,10 +119,19 @@ def file_digest(path: str | Path) -> str:
     return hashlib.sha1(Path(path).read_bytes()).hexdigest()
 
 
-def check_images(samples: Sequence[Sample], progress: bool = True) -> tuple[list[Sample], list[str]]:
-    """Decode every image once; keep the readable ones, warn about each unreadable one by name.
+def warn_line(message: str) -> None:
+    """Print ``warning: message`` as one line on stderr (above any progress bar)."""
+    from tqdm import tqdm
 
-    Returns the readable samples and their SHA-1 digests (same order).
+    tqdm.write(f"warning: {message}", file=sys.stderr)
+
+
+def check_images(samples: Sequence[Sample], progress: bool = True,
+                 warn: Callable[[str], None] = warn_line) -> tuple[list[Sample], list[str]]:
+    """Decode every image once; keep the readable ones, report each unreadable one by name through ``warn``.
+
+    Returns the readable samples and their SHA-1 digests (same order). A missing or unreadable file is one
+    ``warn`` line (``skipping unreadable image PATH: reason``), then a count; ``ValueError`` when none is usable.
     """
     from tqdm import tqdm
 
@@ -112,13 +140,15 @@ def check_images(samples: Sequence[Sample], progress: bool = True) -> tuple[list
         try:
             decoded = images.open_file(sample.path)
         except images.ImageError as error:
-            warnings.warn(f"skipping unreadable image {error}", stacklevel=2)
+            warn(f"skipping unreadable image {error}")
             bad += 1
             continue
         good.append(sample)
         digests.append(decoded.digest)
     if bad:
-        warnings.warn(f"skipped {bad} unreadable image(s) of {len(samples)}", stacklevel=2)
+        warn(f"skipped {bad} unreadable image(s) of {len(samples)}")
+    if samples and not good:
+        raise ValueError(f"none of the {len(samples)} images can be read (the first: {samples[0].path})")
     return good, digests
 
 
@@ -168,3 +198,44 @@ class ImageDataset:
     def __getitem__(self, index: int):
         sample = self.samples[index]
         return self.transform(load_image(sample.path)), sample.label
+
+
+# --- a run's data --------------------------------------------------------------------------------------------------
+
+@dataclass
+class Data:
+    """The labelled images of a run, split, and what the classes are called."""
+
+    train: list[Sample]
+    val: list[Sample]
+    class_names: list[str]
+    total: int  # readable images before the split
+
+
+def is_cat12(data: str) -> bool:
+    """Whether the data path looks like cat-12's (``cat12``, ``cat_12``, ``cat-12`` somewhere in it)."""
+    return re.search(r"cat[ _-]?12", str(Path(data).resolve()).lower()) is not None
+
+
+def class_names_for(data: str, found: list[str] | None, num_classes: int) -> list[str]:
+    """Class names: the ImageFolder's, cat-12's breeds for a cat-12 folder, else ``class_0`` ... ."""
+    if found is not None:
+        return found
+    if num_classes == len(CAT12_BREEDS) and is_cat12(data):
+        return list(CAT12_BREEDS)
+    return default_class_names(num_classes)
+
+
+def load_data(config: TrainConfig, progress: bool) -> Data:
+    """Read and check the labels and images of ``config.data`` (a TrainConfig) and split them.
+
+    Bad labels, a missing data path or no readable image raise ValueError/FileNotFoundError naming the file.
+    """
+    classes = config.classes or (len(CAT12_BREEDS) if is_cat12(config.data) else None)
+    samples, found = find_samples(config.data, classes)
+    samples, digests = check_images(samples, progress=progress)
+    num_classes = classes or (len(found) if found is not None else max(s.label for s in samples) + 1)
+    train_samples, val_samples = split_samples(samples, digests, config.val_fraction, config.seed)
+    if config.limit:
+        train_samples = random.Random(config.seed).sample(train_samples, min(config.limit, len(train_samples)))
+    return Data(train_samples, val_samples, class_names_for(config.data, found, num_classes), len(samples))

@@ -120,8 +120,12 @@ def _load_first_frame(image: Image.Image, width: int, height: int, limits: Limit
     return frames
 
 
-def decode(data: bytes, limits: Limits = Limits(), background: tuple[int, int, int] = (255, 255, 255)) -> Decoded:
-    """Decode an image file's bytes safely into 8-bit RGB; raises ``ImageError`` with the reason otherwise."""
+def decode(data: bytes, limits: Limits = Limits(), background: tuple[int, int, int] = (255, 255, 255),
+           digest: str | None = None) -> Decoded:
+    """Decode an image file's bytes safely into 8-bit RGB; raises ``ImageError`` with the reason otherwise.
+
+    ``digest``: the SHA-1 of ``data`` when the caller has it already (else it is computed).
+    """
     if not data:
         raise ImageError("the file is empty (0 bytes)")
     if limits.max_bytes is not None and len(data) > limits.max_bytes:
@@ -133,8 +137,8 @@ def decode(data: bytes, limits: Limits = Limits(), background: tuple[int, int, i
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise _too_many_pixels(None, None, limits) from None
         except UnidentifiedImageError:
-            raise ImageError("not an image that can be read (PNG, JPEG, GIF, WebP, BMP, TIFF ...): is it really "
-                             "an image, or just named like one?") from None
+            raise ImageError("the file is not a picture that can be read (PNG, JPEG, GIF, WebP, BMP, TIFF ...); "
+                             "is it really an image, or only named like one?") from None
         except Exception as err:  # any decoder failure is a damaged file to the user
             raise ImageError(f"the image file is damaged and cannot be opened ({type(err).__name__})") from None
         with image:
@@ -154,7 +158,7 @@ def decode(data: bytes, limits: Limits = Limits(), background: tuple[int, int, i
         notes.append(f"Animated image: showing its first frame (of {frames}).")
     if orientation not in (1, None):
         notes.append("The photo carries an EXIF rotation; it was turned upright first.")
-    return Decoded(rgb, hashlib.sha1(data).hexdigest(), (width, height), notes)
+    return Decoded(rgb, digest or hashlib.sha1(data).hexdigest(), (width, height), notes)
 
 
 def read_file(path: str | Path, limits: Limits = Limits()) -> bytes:

@@ -7,6 +7,8 @@ metadata so that a model file is self-describing.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 # VGG16 ("configuration D" of Simonyan & Zisserman): output channels of each 3x3 conv, "M" a 2x2/2 max-pool.
 # The seed ends with a global max-pool after conv5_3 instead of a fifth 2x2 pool.
 CFG_VGG16: tuple[int | str, ...] = (
@@ -65,6 +67,63 @@ def receptive_field(layer: str) -> int:
     return size
 
 
+# Backward rules: how a projection passes each ReLU on its way down. With s the signal arriving from above and
+# a the ReLU's forward output (a > 0 exactly where its input is > 0):
+#   "deconvnet": relu(s)                    Zeiler & Fergus 2014 (arXiv 1311.2901), the paper this project follows;
+#   "guided":    s where s > 0 and a > 0    Springenberg et al. 2015 (arXiv 1412.6806), guided backpropagation;
+#   "gradient":  s where a > 0              Simonyan et al. 2014 (arXiv 1312.6034), the plain gradient.
+# Unpooling with the switches and the transposed convolutions are the same for all three.
+RULES: tuple[str, ...] = ("deconvnet", "guided", "gradient")
+HEAD_RELUS: tuple[str, ...] = ("fc6", "fc7")  # the ReLUs of torchvision's head, after its first two Linear layers
+RELUS: tuple[str, ...] = (*CONV_LAYERS, *HEAD_RELUS)  # every ReLU a projection can pass, in network order
+Rule = str | Sequence[str] | Mapping[str, str]  # one rule for all, one per ReLU of RELUS, or {ReLU name: rule}
+
+
+def layer_rules(rule: Rule, names: Sequence[str]) -> dict[str, str]:
+    """The backward rule of each ReLU in ``names`` (ReLU names of ``RELUS``), as {name: rule}.
+
+    ``rule``: one of ``RULES`` for every ReLU; a sequence, one rule per entry of ``RELUS`` in network order
+    (conv1_1 first; entries past the last ReLU of ``names`` are unused); or a dict keyed by ReLU name, which
+    must name every ReLU of ``names``. Raises ValueError on anything else.
+    """
+    if isinstance(rule, str):
+        if rule not in RULES:
+            raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+        chosen = dict.fromkeys(names, rule)
+    elif isinstance(rule, Mapping):
+        missing = [n for n in names if n not in rule]
+        if missing:
+            raise ValueError(f"the rule dict names no rule for {', '.join(missing)}")
+        chosen = {n: rule[n] for n in names}
+    else:
+        rule = list(rule)
+        needed = max(RELUS.index(n) for n in names) + 1 if names else 0
+        if len(rule) < needed:
+            raise ValueError(f"a rule per ReLU needs {needed} rules ({RELUS[0]} ... {RELUS[needed - 1]}), "
+                             f"got {len(rule)}")
+        chosen = {n: rule[RELUS.index(n)] for n in names}
+    bad = {n: r for n, r in chosen.items() if r not in RULES}
+    if bad:
+        raise ValueError(f"rule must be one of {RULES}, got {', '.join(f'{n}: {r!r}' for n, r in bad.items())}")
+    return chosen
+
+
+def field_box(layer: str, row: int, col: int) -> tuple[int, int, int]:
+    """(top, left, side) in input pixels of the receptive field of position (row, col) of conv ``layer``.
+
+    Not clipped: top/left may be negative and the window may run past the image. For VGG16 (3x3 convs with
+    padding 1, 2x2/2 pools) the window of position i starts at i * stride - (side - stride) / 2.
+    """
+    side, stride = receptive_field(layer), stride_of(layer)
+    offset = (side - stride) // 2
+    return row * stride - offset, col * stride - offset, side
+
+
+def clip_box(top: int, left: int, side: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """The part (r0, r1, c0, c1) of the square window (top, left, side) that lies inside an (height, width) image."""
+    return max(top, 0), min(top + side, height), max(left, 0), min(left + side, width)
+
+
 # Preprocessing: RGB (never BGR), pixels scaled to [0, 1], then normalised per channel with the ImageNet
 # statistics (those torchvision's VGG16 was trained with, so its weights work unchanged).
 MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -105,3 +164,8 @@ CAT12_BREEDS: tuple[str, ...] = (
     "Abyssinian", "Bengal", "Birman", "Bombay", "British Shorthair", "Egyptian Mau",
     "Maine Coon", "Persian", "Ragdoll", "Russian Blue", "Siamese", "Sphynx",
 )  # fmt: skip
+
+
+def default_class_names(num_classes: int) -> list[str]:
+    """Names for classes that have none: ``class_0``, ``class_1``, ..."""
+    return [f"class_{i}" for i in range(num_classes)]

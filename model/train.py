@@ -1,47 +1,35 @@
-"""Train the seed's VGG16 on cat-12 (or any labelled image folder), with checkpoints that resume exactly.
+"""Train the VGG16 of the original PaddlePaddle notebook on cat-12 (or any labelled image folder), resumably.
 
-    python -m model.train --data ../shared/data/cat12 --out runs/seed            # the seed's recipe
-    python -m model.train --data ../shared/data/cat12 --out runs/bn128 --batch-norm --image-size 128 \
-        --optimizer adamw --lr 2e-3 --schedule onecycle --label-smoothing 0.1 --epochs 30 --amp
-    python -m model.train --out runs/bn128 --resume                                # go on after a kill
-    python -m model.train --out runs/bn128 --resume --epochs 50                    # or train it for longer
+    python -m model.train --data ../shared/data/cat12 --out runs/notebook        # the notebook's recipe
+    python -m model.train --data ../shared/data/cat12 --out runs/v2 --batch-norm --amp --channels-last \\
+        --optimizer adamw --lr 2e-3 --schedule onecycle --label-smoothing 0.1 --ema 0.998 \\
+        --size-schedule 64:20,80:15,96:12,112:12                                 # progressive resizing
+    python -m model.train --out runs/v2 --resume                                   # go on after a kill
     torchrun --nproc-per-node 2 -m model.train ...                                 # several GPUs (or CPU/gloo)
 
 Per epoch it writes ``metrics.csv`` and ``curves.png`` (loss and accuracy), ``last.pt`` and ``best.pt``
 (atomically: temporary file, then rename), and every ``--snapshot-every`` epochs the deconvnet projections of
 the probe images for all 13 layers (``evolution/epoch_NNN.png``), the paper's Fig. 4 as training goes.
+Bad input (options, label files, images, checkpoints) is one ``error: ...`` line and exit status 2.
+
+This module is the command line and TrainConfig; the loop is ``model.loop``, the run's files ``model.checkpoint``,
+augmentation and resizing ``model.augment``, the weight average ``model.ema``.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import json
-import math
-import os
-import random
-import re
-import time
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.distributed as dist
-import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader, Subset
-from torch.utils.data.distributed import DistributedSampler
-from torchvision import transforms
-from tqdm import tqdm
-
-from model.data import ImageDataset, check_images, find_samples, load_image, split_samples, write_label_file
-from model.spec import CAT12_BREEDS, MEAN, SIZE_MULTIPLE, STD
-from model.vgg import VGG
+from demo.cli import UsageError, run_cli
+from model.spec import SIZE_MULTIPLE
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_PROBE = REPO / "examples" / "chelsea.png"
+INSTALL_HINT = "pip install -r requirements-dev.txt"
 
 
 @dataclass
@@ -58,24 +46,30 @@ class TrainConfig:
     weight_decay: float = 5e-4
     schedule: str = "constant"  # constant | cosine | onecycle
     label_smoothing: float = 0.0
-    image_size: int = 224
+    image_size: int = 224  # the model's input side in pixels (the last size of a size schedule)
+    size_schedule: str = ""  # progressive resizing, "SIZE:EPOCHS,...", e.g. "64:20,96:10,112:12"; "" = image_size
     batch_norm: bool = False
     dropout: float = 0.0
     augment: bool = True  # random resized crop, flip, colour jitter
+    randaugment: str = ""  # "N,M": torchvision's RandAugment on top of --augment; "" = off
+    mixup: float = 0.0  # mixup's Beta alpha, 0 = off
+    cutmix: float = 0.0  # CutMix's Beta alpha, 0 = off
+    mix_prob: float = 1.0  # share of batches mixed when mixup or CutMix is on
+    mix_switch: float = 0.5  # with both on: share of the mixed batches that use CutMix
+    ema: float = 0.0  # decay of the exponential moving average of the weights, 0 = off
     val_fraction: float = 0.2
+    classes: int = 0  # number of classes; 0 = from the data (cat-12: 12, an ImageFolder: its folders)
     seed: int = 0
     workers: int = 2
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = False  # bfloat16 autocast (CPUs with AVX512-BF16/AMX, recent GPUs)
+    channels_last: bool = False  # NHWC memory format for the convolutions
     threads: int = 0  # torch intra-op threads on CPU, 0 = all cores
     snapshot_every: int = 5  # feature-evolution snapshot every N epochs (0 = never)
     probe: list[str] = field(default_factory=lambda: [str(DEFAULT_PROBE)])
     resume: bool = False
+    overwrite: bool = False  # a fresh run may replace the run already in --out
     limit: int = 0  # use only the first N training images (quick trials and tests), 0 = all
-
-
-# On --resume the run's saved settings are kept; only these may be given anew (how long, on what, with what data).
-RESUME_OVERRIDES = ("epochs", "workers", "device", "threads", "data")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,13 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train VGG16 on cat-12 (or any labelled images) and watch its features form. Writes "
                     "metrics.csv, curves.png, last.pt, best.pt and evolution/epoch_NNN.png into --out.",
         epilog="With --resume, the run's saved settings are used; only --epochs, --workers, --device, --threads "
-               "and --data may be given anew (a scheduled run keeps its --epochs).",
+               "and --data may be given anew (a scheduled run keeps its --epochs). Bad input is one 'error:' line "
+               "and exit status 2.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--data", default=d.data, help="label file ('path<TAB>label' lines), a folder holding "
                    "train_list.txt, or an ImageFolder tree (one sub-folder per class)")
     p.add_argument("--out", default=d.out, help="run folder for checkpoints, metrics.csv, curves.png, evolution/")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training images")
+    p.add_argument("--epochs", type=int, default=d.epochs,
+                   help="passes over the training images (with --size-schedule: its total unless given)")
     p.add_argument("--batch-size", "--batch", type=int, default=d.batch_size, help="images per step, all processes")
     p.add_argument("--lr", type=float, default=d.lr, help="learning rate (the peak for onecycle)")
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default=d.optimizer)
@@ -100,26 +96,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--schedule", choices=("constant", "cosine", "onecycle"), default=d.schedule,
                    help="learning-rate schedule over the whole run")
-    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
-    p.add_argument("--image-size", type=int, default=d.image_size, help="side in pixels, a multiple of 16")
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing,
+                   help="share of each target spread evenly over all classes, in [0, 1)")
+    p.add_argument("--image-size", type=int, default=d.image_size,
+                   help="the model's input side in pixels, a multiple of 16 (with --size-schedule: its last size)")
+    p.add_argument("--size-schedule", metavar="SIZE:EPOCHS,...", default=d.size_schedule,
+                   help="progressive resizing: train the first EPOCHS at SIZE px, then the next pair, e.g. "
+                        "64:20,80:15,96:13,112:12; sizes are multiples of 16, the last is the model's input size "
+                        "(validation runs at each epoch's size); empty: --image-size throughout")
     p.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=d.batch_norm,
                    help="BatchNorm after each conv (folded into the convs at export)")
     p.add_argument("--dropout", type=float, default=d.dropout, help="dropout before the classifier")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=d.augment,
                    help="random resized crops, horizontal flips and colour jitter")
+    p.add_argument("--randaugment", metavar="N,M", default=d.randaugment,
+                   help="add torchvision's RandAugment: N random operations per image at magnitude M of 30, "
+                        "e.g. 2,9; empty: off")
+    p.add_argument("--mixup", type=float, metavar="ALPHA", default=d.mixup,
+                   help="mixup: blend each batch with itself shuffled, weight ~ Beta(ALPHA, ALPHA), e.g. 0.2; 0 = off")
+    p.add_argument("--cutmix", type=float, metavar="ALPHA", default=d.cutmix,
+                   help="CutMix: paste a box of a shuffled image, area share ~ Beta(ALPHA, ALPHA), e.g. 1.0; 0 = off")
+    p.add_argument("--mix-prob", type=float, default=d.mix_prob, help="share of batches mixed by mixup/CutMix")
+    p.add_argument("--mix-switch", type=float, default=d.mix_switch,
+                   help="with both --mixup and --cutmix: share of the mixed batches that use CutMix")
+    p.add_argument("--ema", type=float, metavar="DECAY", default=d.ema,
+                   help="keep an exponential moving average of the weights (and batch-norm statistics) with this "
+                        "decay, e.g. 0.998, warmed up as min(DECAY, (1+n)/(10+n)) after step n; it is validated "
+                        "every epoch and is what python -m export exports; 0 = off")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction,
                    help="held-out share of each class, in [0, 1); 0 = no validation")
+    p.add_argument("--classes", type=int, default=d.classes,
+                   help="number of classes; a label outside 0..N-1 is an error. 0: from the data (12 for a cat-12 "
+                        "folder, the folder count for an ImageFolder, else the largest label + 1)")
     p.add_argument("--seed", type=int, default=d.seed, help="seeds the split, the initial weights and the batches")
     p.add_argument("--workers", type=int, default=d.workers, help="data-loading processes (0 = in the main one)")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=d.amp, help="bfloat16 autocast")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=d.channels_last,
+                   help="channels-last (NHWC) memory format: faster bfloat16 convolutions on recent CPUs")
     p.add_argument("--threads", type=int, default=d.threads, help="CPU threads for torch, 0 = all cores")
     p.add_argument("--snapshot-every", type=int, default=d.snapshot_every,
                    help="save the deconvnet projections of the probe images every N epochs (0 = never)")
     p.add_argument("--probe", nargs="+", default=d.probe, help="probe images for the feature-evolution snapshots")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="let a fresh run replace the run already in --out (without it, that is refused)")
     p.add_argument("--limit", type=int, default=d.limit,
                    help="train on N training images drawn at random with --seed (0 = all)")
+    p.add_argument("--debug", action="store_true", help="on an error, also print the Python traceback")
     return p
 
 
@@ -128,359 +152,111 @@ def given_options(argv: list[str] | None = None) -> set[str]:
     unset = object()  # not a string, so argparse never runs it through an option's type
     p = build_parser()
     p.set_defaults(**{f.name: unset for f in dataclasses.fields(TrainConfig)})
-    return {name for name, value in vars(p.parse_args(argv)).items() if value is not unset}
+    return {name for name, value in vars(p.parse_args(argv)).items() if value is not unset and name != "debug"}
+
+
+def parse_command_line(argv: list[str] | None = None) -> tuple[TrainConfig, set[str]]:
+    """The TrainConfig the command line asks for, and the options it sets explicitly.
+
+    A size schedule sets --epochs (its total) and --image-size (its last size) unless they are given. With
+    --resume the run's saved settings are merged in by ``model.checkpoint.resolve_resume``, which reads last.pt.
+    """
+    args = vars(build_parser().parse_args(argv))
+    args.pop("debug")
+    config, given = TrainConfig(**args), given_options(argv)
+    if config.size_schedule and not config.resume:
+        try:
+            from model.augment import parse_size_schedule
+
+            schedule = parse_size_schedule(config.size_schedule)
+        except ValueError:
+            schedule = []  # reported by the checks in model.loop
+        if schedule and "epochs" not in given:
+            config.epochs = sum(epochs for _, epochs in schedule)
+        if schedule and "image_size" not in given:
+            config.image_size = schedule[-1][0]
+    return config, given
+
+
+def config_problems(config: TrainConfig) -> list[str]:
+    """What is wrong with ``config``'s values, one sentence each naming the option (empty when all is well)."""
+    problems = []
+    if config.image_size <= 0 or config.image_size % SIZE_MULTIPLE:
+        problems.append(f"--image-size must be a positive multiple of {SIZE_MULTIPLE}, got {config.image_size}")
+    for name, bad in (("--epochs", config.epochs < 1), ("--batch-size", config.batch_size < 1)):
+        if bad:
+            problems.append(f"{name} must be at least 1, got {getattr(config, name[2:].replace('-', '_'))}")
+    if not 0 <= config.val_fraction < 1:
+        problems.append(f"--val-fraction must be in [0, 1), got {config.val_fraction}")
+    if min(config.workers, config.threads, config.limit, config.snapshot_every, config.classes, config.seed) < 0:
+        problems.append("--workers, --threads, --limit, --snapshot-every, --classes and --seed must not be negative")
+    if config.lr <= 0:
+        problems.append(f"--lr must be positive, got {config.lr}")
+    if config.ema and not 0 < config.ema < 1:
+        problems.append(f"--ema must be a decay in (0, 1) such as 0.998 (0 = off), got {config.ema}")
+    if config.mixup < 0 or config.cutmix < 0 or not 0 <= config.mix_prob <= 1 or not 0 <= config.mix_switch <= 1:
+        problems.append("--mixup and --cutmix must not be negative; --mix-prob and --mix-switch must be in [0, 1]")
+    if not 0 <= config.label_smoothing < 1 or not 0 <= config.dropout < 1:
+        problems.append("--label-smoothing and --dropout must be in [0, 1)")
+    from model.augment import parse_randaugment, parse_size_schedule
+
+    try:
+        parse_randaugment(config.randaugment)
+        schedule = parse_size_schedule(config.size_schedule)
+    except ValueError as err:
+        return [*problems, str(err)]
+    if schedule and schedule[-1][0] != config.image_size:
+        problems.append(f"--size-schedule ends at {schedule[-1][0]} px, the model's input size, but --image-size "
+                        f"is {config.image_size} (leave --image-size out)")
+    if schedule and sum(e for _, e in schedule) > config.epochs:
+        problems.append(f"--size-schedule spans {sum(e for _, e in schedule)} epochs, more than --epochs "
+                        f"{config.epochs} (leave --epochs out)")
+    return problems
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    """A TrainConfig from the command line; with --resume, the run's saved settings fill what is not given."""
-    p = build_parser()
-    config = TrainConfig(**vars(p.parse_args(argv)))
-    problems = [
-        (config.image_size <= 0 or config.image_size % SIZE_MULTIPLE,
-         f"--image-size must be a positive multiple of {SIZE_MULTIPLE}, got {config.image_size}"),
-        (config.epochs < 1, f"--epochs must be at least 1, got {config.epochs}"),
-        (config.batch_size < 1, f"--batch-size must be at least 1, got {config.batch_size}"),
-        (not 0 <= config.val_fraction < 1, f"--val-fraction must be in [0, 1), got {config.val_fraction}"),
-        (config.workers < 0 or config.threads < 0 or config.limit < 0 or config.snapshot_every < 0,
-         "--workers, --threads, --limit and --snapshot-every must not be negative"),
-        (config.lr <= 0, f"--lr must be positive, got {config.lr}"),
-    ]
-    for bad, message in problems:
-        if bad:
-            p.error(message)
-    if config.resume:
-        last = Path(config.out) / "last.pt"
-        if not last.is_file():
-            p.error(f"--resume: {last} does not exist")
-        saved = torch.load(last, map_location="cpu", weights_only=True)["config"]
-        given = given_options(argv)
-        changed = sorted(k for k in given - {"resume", "out", *RESUME_OVERRIDES} if saved.get(k) != getattr(config, k))
-        if changed:
-            p.error(f"--resume keeps the run's own settings; {', '.join('--' + k.replace('_', '-') for k in changed)} "
-                    f"differ from {last} (only {', '.join('--' + k for k in RESUME_OVERRIDES)} may change)")
-        config = TrainConfig(**{**saved, **{k: getattr(config, k) for k in given if k in RESUME_OVERRIDES},
-                                "out": config.out, "resume": True})
+    """A TrainConfig from the command line (exit status 2 with the option's name when a value is out of range)."""
+    config, _ = parse_command_line(argv)
+    problems = config_problems(config)
+    if problems:
+        build_parser().error(problems[0])
     return config
 
 
-# --- data -------------------------------------------------------------------------------------------------------
+def train(config: TrainConfig, given: set[str] | None = None) -> dict:
+    """Check ``config`` and run (or resume) training; returns the last metrics row. See ``model.loop.train``.
 
-def make_transforms(size: int, augment: bool) -> tuple[transforms.Compose, transforms.Compose]:
-    """Training and evaluation transforms: PIL RGB -> (3, size, size) float32, normalised with MEAN/STD."""
-    normalise = [transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
-    evaluate = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), *normalise])
-    if not augment:
-        return evaluate, evaluate
-    train = transforms.Compose([
-        transforms.RandomResizedCrop(size, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3)),
-        transforms.RandomHorizontalFlip(),
-        transforms.ColorJitter(0.3, 0.3, 0.3, 0.03),
-        *normalise,
-    ])
-    return train, evaluate
-
-
-def class_names_for(data: str, found: list[str] | None, num_classes: int) -> list[str]:
-    """Class names: the ImageFolder's, cat-12's breeds for a cat-12 folder, else ``class 0`` ... ."""
-    if found is not None:
-        return found
-    if num_classes == len(CAT12_BREEDS) and re.search(r"cat[ _-]?12", str(Path(data).resolve()).lower()):
-        return list(CAT12_BREEDS)
-    return [f"class {i}" for i in range(num_classes)]
-
-
-# --- checkpoints and logs --------------------------------------------------------------------------------------
-
-def save_atomic(obj: dict, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, flushed to disk, then renamed over ``path``.
-
-    A crash at any point leaves either the old file or the new one at ``path``, never a partial file.
+    Out-of-range values, bad data, labels or checkpoints raise ``demo.cli.UsageError`` (or another ValueError)
+    before anything in ``config.out`` is written.
     """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    from model.loop import train as run
+
+    problems = config_problems(config)
+    if problems:
+        raise UsageError(problems[0])
+    return run(config, given)
+
+
+def torch_missing() -> str | None:
+    """None when PyTorch and torchvision import, else the one line that says how to install them."""
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def plot_curves(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [r["epoch"] for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
-    for key, style in (("train", "-"), ("val", "--")):
-        ax1.plot(epochs, [r[f"{key}_loss"] for r in rows], style, label=key)
-        ax2.plot(epochs, [r[f"{key}_acc"] for r in rows], style, label=key)
-    ax1.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-    ax2.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1))
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def write_metrics(rows: list[dict], out: Path) -> None:
-    with open(out / "metrics.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    plot_curves(rows, out / "curves.png")
-
-
-# --- feature evolution ------------------------------------------------------------------------------------------
-
-@torch.no_grad()
-def evolution_snapshot(model: VGG, probes: torch.Tensor, path: Path, title: str) -> None:
-    """Deconvnet projections of each probe (rows) for all 13 conv layers (columns), saved as one PNG."""
-    from model.deconvnet import Deconvnet
-
-    was_training = model.training
-    model.eval()
-    try:
-        features = model.forward_all(probes)
-        deconvnet = Deconvnet(model)
-        images = {layer: deconvnet.project(features.activations, features.switches, layer).images.float().cpu().numpy()
-                  for layer in features.activations}
-    finally:
-        model.train(was_training)
-    save_layer_grid(images, path, title)
-
-
-def save_layer_grid(images: dict[str, np.ndarray], path: Path, title: str) -> None:
-    """One PNG: a row per probe image, a column per layer; each tile min-max stretched on its own (RGB kept)."""
-    import matplotlib
-
-    from demo.display import reconstruction_image
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    layers = list(images)
-    n = next(iter(images.values())).shape[0]
-    fig, axes = plt.subplots(n, len(layers), figsize=(1.4 * len(layers), 1.5 * n + 0.4), dpi=100, squeeze=False)
-    for col, layer in enumerate(layers):
-        for row in range(n):
-            ax = axes[row, col]
-            ax.imshow(reconstruction_image(images[layer][row], "minmax")[0])
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(layer, fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-# --- the loop ---------------------------------------------------------------------------------------------------
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def pick_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
-def run_epoch(model: nn.Module, loader: DataLoader, device: torch.device, config: TrainConfig,
-              optimizer: torch.optim.Optimizer | None = None, scheduler=None, desc: str = "") -> tuple[float, float]:
-    """One pass over ``loader``; trains when an optimizer is given. Returns (mean loss, accuracy) over all ranks."""
-    training = optimizer is not None
-    model.train(training)
-    totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count (NaN results when there is nothing)
-    show = not dist.is_initialized() or dist.get_rank() == 0
-    bar = tqdm(loader, desc=desc, leave=False, disable=not show)
-    with torch.set_grad_enabled(training):
-        for images, labels in bar:
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
-                logits = model(images)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing if training else 0.0)
-            if training:
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                if scheduler is not None:
-                    scheduler.step()
-            n = labels.shape[0]
-            totals += torch.tensor([loss.item() * n, (logits.argmax(1) == labels).sum().item(), n], dtype=torch.float64)
-            bar.set_postfix(loss=f"{totals[0] / totals[2]:.3f}", acc=f"{totals[1] / totals[2]:.3f}")
-    if dist.is_initialized():
-        dist.all_reduce(totals)
-    if totals[2] == 0:
-        return math.nan, math.nan
-    return (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
-    total = config.epochs * steps_per_epoch
-    if config.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total, pct_start=0.15)
-    if config.schedule == "cosine":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer,
-                                                 lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        import torch  # noqa: F401
+        import torchvision  # noqa: F401
+    except ImportError as err:
+        return f"error: training needs PyTorch ({err}); install it with: {INSTALL_HINT}"
     return None
 
 
-def train(config: TrainConfig) -> dict:
-    """Run (or resume) training; returns the final metrics row. Works alone or under torchrun."""
-    distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    device = pick_device(config.device, local_rank)
-    if distributed:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    if config.batch_size % world:
-        raise ValueError(f"--batch-size {config.batch_size} is not divisible by {world} processes")
-    out = Path(config.out)
-    main_process = rank == 0
-    if main_process:
-        out.mkdir(parents=True, exist_ok=True)
-
-    last_path = out / "last.pt"
-    state = None
-    if config.resume:
-        if not last_path.exists():
-            raise FileNotFoundError(f"--resume: {last_path} does not exist")
-        state = torch.load(last_path, map_location="cpu", weights_only=True)
-        saved = state["config"]
-        # The run's own settings win, except where the user asks for more epochs or another machine setup.
-        keep = {*RESUME_OVERRIDES, "resume", "out"}
-        config = TrainConfig(**{**saved, **{k: getattr(config, k) for k in keep}})
-        if config.schedule != "constant" and config.epochs != saved["epochs"]:
-            raise ValueError(f"--resume: the {config.schedule} schedule of {last_path} spans {saved['epochs']} epochs; "
-                             f"it cannot be stretched to {config.epochs} (resume with --epochs {saved['epochs']})")
-
-    seed_everything(config.seed)
-    samples, found_classes = find_samples(config.data)
-    samples, digests = check_images(samples, progress=main_process)
-    num_classes = max(s.label for s in samples) + 1
-    class_names = class_names_for(config.data, found_classes, num_classes)
-    train_samples, val_samples = split_samples(samples, digests, config.val_fraction, config.seed)
-    if config.limit:
-        train_samples = random.Random(config.seed).sample(train_samples, min(config.limit, len(train_samples)))
-    train_tf, eval_tf = make_transforms(config.image_size, config.augment)
-    train_set, val_set = ImageDataset(train_samples, train_tf), ImageDataset(val_samples, eval_tf)
-    if main_process:
-        print(f"{len(samples)} images, {num_classes} classes: {len(train_set)} train / {len(val_set)} validation "
-              f"(duplicate-safe split, seed {config.seed}); device {device}, {world} process(es)")
-        # The split as label files, so that any tool can score exactly the held-out images:
-        # python -m demo.predict --labels RUN/val_list.txt --model FILE.onnx
-        write_label_file(train_samples, out / "train_list.txt")
-        write_label_file(val_samples, out / "val_list.txt")
-
-    model = VGG(num_classes=num_classes, batch_norm=config.batch_norm, dropout=config.dropout).to(device)
-    if distributed and config.batch_norm and device.type == "cuda":  # SyncBatchNorm has no CPU implementation
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    net: nn.Module = model
-    if distributed:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    if config.optimizer == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                    weight_decay=config.weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-
-    per_process = config.batch_size // world
-    train_sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=config.seed) if distributed else None
-    loader_generator = torch.Generator()
-    train_loader = DataLoader(train_set, per_process, shuffle=train_sampler is None, sampler=train_sampler,
-                              num_workers=config.workers, drop_last=True, generator=loader_generator,
-                              persistent_workers=False, pin_memory=device.type == "cuda")
-    if not len(train_loader):
-        raise ValueError(f"{len(train_set)} training images make no full batch of {per_process} per process; "
-                         "lower --batch-size or add images")
-    # Each process validates every world-th image, none twice (DistributedSampler would pad with repeats).
-    val_shard = Subset(val_set, range(rank, len(val_set), world)) if distributed else val_set
-    val_loader = DataLoader(val_shard, per_process, num_workers=config.workers, pin_memory=device.type == "cuda")
-    scheduler = make_scheduler(optimizer, config, len(train_loader))
-
-    start_epoch, rows, best_acc = 1, [], -1.0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler"):
-            scheduler.load_state_dict(state["scheduler"])
-        start_epoch, rows, best_acc = state["epoch"] + 1, state["history"], state["best_acc"]
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate(tuple(v if not isinstance(v, list) else tuple(v) for v in state["rng"]["python"]))
-        if main_process:
-            print(f"resumed {last_path} after epoch {state['epoch']} (best validation accuracy {best_acc:.4f})")
-
-    probes = None
-    if main_process and config.snapshot_every and config.probe:
-        probes = torch.stack([eval_tf(load_image(p)) for p in config.probe])
-        (out / "evolution").mkdir(exist_ok=True)
-        if start_epoch == 1:
-            evolution_snapshot(model, probes.to(device), out / "evolution" / "epoch_000.png", "epoch 0 (random)")
-    if main_process:
-        (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
-
-    row: dict = rows[-1] if rows else {}
-    for epoch in range(start_epoch, config.epochs + 1):
-        # Every epoch's randomness is a function of (seed, epoch): a resumed run repeats it exactly.
-        torch.manual_seed(config.seed * 100_003 + epoch)
-        loader_generator.manual_seed(config.seed * 100_003 + epoch)
-        if train_sampler is not None:
-            train_sampler.set_epoch(epoch)
-        started = time.time()
-        train_loss, train_acc = run_epoch(net, train_loader, device, config, optimizer, scheduler,
-                                          desc=f"epoch {epoch}/{config.epochs} train")
-        # The bare model: no DDP collectives in a forward that ranks may run a different number of times.
-        val_loss, val_acc = run_epoch(model, val_loader, device, config, desc=f"epoch {epoch}/{config.epochs} val")
-        row = {"epoch": epoch, "train_loss": round(train_loss, 5), "train_acc": round(train_acc, 5),
-               "val_loss": round(val_loss, 5), "val_acc": round(val_acc, 5),
-               "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - started, 1)}
-        rows.append(row)
-        if not main_process:
-            continue
-        print(f"epoch {epoch}: train loss {train_loss:.4f} acc {train_acc:.4f} | "
-              f"val loss {val_loss:.4f} acc {val_acc:.4f} | {row['seconds']:.0f} s", flush=True)
-        if math.isnan(val_acc):  # no validation set: the last is the best there is
-            is_best = True
-        else:
-            is_best, best_acc = val_acc > best_acc, max(best_acc, val_acc)
-        checkpoint = {
-            "model": model.state_dict(), "model_config": model.config(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "epoch": epoch, "config": dataclasses.asdict(config), "class_names": class_names,
-            "input_size": config.image_size, "val_acc": val_acc, "best_acc": best_acc, "history": rows,
-            "rng": {"torch": torch.get_rng_state(), "python": list(random.getstate())},
-        }
-        save_atomic(checkpoint, last_path)
-        if is_best:
-            save_atomic(checkpoint, out / "best.pt")
-        write_metrics(rows, out)
-        if probes is not None and (epoch % config.snapshot_every == 0 or epoch == config.epochs):
-            evolution_snapshot(model, probes.to(device), out / "evolution" / f"epoch_{epoch:03d}.png",
-                               f"epoch {epoch} (val acc {val_acc:.3f})")
-    if distributed:
-        dist.barrier()
-        dist.destroy_process_group()
-    return row
-
-
-def main(argv: list[str] | None = None) -> None:
-    train(parse_args(argv))
+def main(argv: list[str] | None = None) -> int:
+    """``python -m model.train``: the exit status (0 done, 2 bad input, 1 internal error, 130 interrupted)."""
+    missing = torch_missing()
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
+    config, given = parse_command_line(argv)
+    args = sys.argv[1:] if argv is None else argv
+    return run_cli(lambda c: train(c, given), config, debug="--debug" in args or None)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,8 +1,8 @@
 """VGG16 that remembers what a deconvnet needs: every conv activation and every pool's switches.
 
-The seed's network (13 convs 3x3/pad 1 + ReLU, 2x2/2 max-pools after blocks 1-4, a global max-pool after
-conv5_3, one Linear) with two options: batch norm after each conv, and torchvision's head (pool5, a 7x7
-adaptive average pool and three Linear layers) so that torchvision's ImageNet VGG16 loads unchanged.
+The network of the original PaddlePaddle notebook (13 convs 3x3/pad 1 + ReLU, 2x2/2 max-pools after blocks 1-4,
+a global max-pool after conv5_3, one Linear) with two options: batch norm after each conv, and torchvision's head
+(pool5, a 7x7 adaptive average pool and three Linear layers) so that torchvision's ImageNet VGG16 loads unchanged.
 
 Batch norm never leaves PyTorch: ``fold_batch_norm`` turns each conv + BN pair into one conv, which is what
 the export and the deconvnet see.
@@ -38,7 +38,7 @@ class VGG(nn.Module):
     Args:
         num_classes: outputs of the classifier (12 for cat-12, 1000 for ImageNet).
         batch_norm: a BatchNorm2d after each conv (before its ReLU).
-        head: ``"gmp"`` (the seed: global max-pool + Linear(512, num_classes)) or ``"torchvision"``
+        head: ``"gmp"`` (the original notebook's: global max-pool + Linear(512, num_classes)) or ``"torchvision"``
             (max-pool, adaptive 7x7 average pool, Linear-ReLU-Dropout x2, Linear), for ImageNet weights.
         dropout: dropout probability before the classifier (gmp) or between the Linear layers (torchvision).
     """
@@ -246,12 +246,15 @@ def load_model(path: str | Path, map_location: str = "cpu") -> tuple[VGG, dict]:
     """Load a model from one of our checkpoints or from a torchvision VGG16 state dict file.
 
     Returns the model in eval mode and the checkpoint's metadata (``{}`` for a bare state dict): class
-    names, input size, training config and validation accuracy when the checkpoint has them.
+    names, input size, training config and validation accuracy when the checkpoint has them. A checkpoint with
+    EMA weights (``"ema"``) gives the averaged weights, and ``meta["weights"]`` says which: ``"ema"`` or ``"raw"``.
     """
     obj = torch.load(path, map_location=map_location, weights_only=True)
     if isinstance(obj, dict) and "model" in obj and "model_config" in obj:
-        model = _build(obj["model_config"], obj["model"])
-        meta = {k: v for k, v in obj.items() if k not in ("model", "optimizer", "scheduler", "rng")}
+        ema = obj.get("ema")  # model.train's --ema: the averaged weights are the ones to use
+        model = _build(obj["model_config"], ema["model"] if ema else obj["model"])
+        meta = {k: v for k, v in obj.items() if k not in ("model", "optimizer", "scheduler", "rng", "ema")}
+        meta["weights"] = "ema" if ema else "raw"
     elif isinstance(obj, dict) and "features.0.weight" in obj:
         model, meta = from_torchvision_state_dict(obj), {"source": "torchvision state dict"}
     elif isinstance(obj, dict) and "convs.conv1_1.weight" in obj:

@@ -15,7 +15,10 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+import io  # noqa: E402
+import struct  # noqa: E402
 import sys  # noqa: E402
+import zlib  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -121,3 +124,21 @@ def image_folder(tmp_path) -> Path:
         lines.append(f"{name}\t{i % 3}")
     (folder / "labels.txt").write_text("\n".join(lines) + "\n")
     return folder
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height RGB pixels and whose data is empty: a decompression bomb's shape,
+    refused (or not) from the header alone."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    """``image`` saved in ``fmt`` (a Pillow format name), as bytes."""
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()

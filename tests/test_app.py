@@ -1,4 +1,4 @@
-"""The Gradio app: demo/pipeline.py unit tests (no Gradio), and the served app through its HTTP API (gradio_client).
+"""The Gradio app: demo/app unit tests (no Gradio), and the served app through its HTTP API (gradio_client).
 
 The app runs in-process on a free localhost port, on the tiny random-weight model of conftest.py (32 x 32 inputs),
 with the cache off (every request recomputes) and two requests computed at once, so that the concurrency test
@@ -10,51 +10,26 @@ from __future__ import annotations
 import contextlib
 import io
 import socket
-import struct
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, TINY_SIZE, make_image
+from conftest import ROOT, TINY_SIZE, encoded, make_image, png_header
 from PIL import Image, ImageOps
 
 from demo import display
+from demo.app import paper, views
+from demo.app.inputs import InputError, decode, open_upload
+from demo.app.pipeline import Pipeline, PipelineConfig, top_predictions
+from demo.app.text import Timings
 from demo.deconv_numpy import Deconvnet, top_channels
-from demo.pipeline import (
-    GridLayout,
-    InputError,
-    Limits,
-    Pipeline,
-    PipelineConfig,
-    Timings,
-    decode,
-    feature_grid,
-    open_upload,
-    top_predictions,
-)
-from demo.preprocess import preprocess, to_rgb
-from model.spec import CONV_LAYERS, MEAN, STD, conv_channels
+from demo.display import GridLayout, feature_grid
+from demo.preprocess import deprocess, preprocess, to_rgb
+from model.images import Limits
+from model.spec import CONV_LAYERS, MEAN, STD, conv_channels, field_box, receptive_field
 
 # --- inputs, good and bad ---------------------------------------------------------------------------------------
-
-
-def png_header(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height RGB pixels and whose data is empty: a decompression bomb's shape,
-    refused (or not) from the header alone."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
-
-
-def encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **kwargs)
-    return buffer.getvalue()
 
 
 def jpeg_with_orientation(orientation: int = 6) -> bytes:
@@ -107,7 +82,7 @@ def cat_png(tmp_path) -> Path:
     return path
 
 
-# --- demo/pipeline.py without Gradio ----------------------------------------------------------------------------
+# --- demo/app without Gradio ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", sorted(BAD_INPUTS))
@@ -228,7 +203,7 @@ def test_timings_markdown_names_every_stage():
 
 
 def test_analyse_streams_13_layers_that_match_the_deconvnet(pipeline, onnx_model, cat_png):
-    steps = list(pipeline.analyse(cat_png, "signed"))
+    steps = list(views.analyse(pipeline, cat_png, "signed"))
     assert [len(s.layers) for s in steps] == list(range(13)) + [13]
     assert [s.done for s in steps] == [False] * 13 + [True]
     final = steps[-1]
@@ -237,78 +212,87 @@ def test_analyse_streams_13_layers_that_match_the_deconvnet(pipeline, onnx_model
     probs, acts, switches = onnx_model.run(x)
     assert final.prediction == top_predictions(probs[0], onnx_model.class_names)
     data = np.load(final.npz)
-    assert sorted(data.files) == sorted(["input", "probs", *(f"{name}/layer" for name in CONV_LAYERS)])
+    assert sorted(data.files) == sorted(["input", "probs", *(f"{name}/layer/deconvnet" for name in CONV_LAYERS)])
     np.testing.assert_array_equal(data["input"], x)
     deconvnet = Deconvnet(onnx_model.weights)
     for (path, _), name in zip(final.layers, CONV_LAYERS, strict=True):
         expected = deconvnet.project(acts, switches, name, "layer").images[0]
-        np.testing.assert_allclose(data[f"{name}/layer"], expected, rtol=1e-5, atol=1e-6)
-        picture, _ = display.reconstruction_image(data[f"{name}/layer"], "signed")
+        np.testing.assert_allclose(data[f"{name}/layer/deconvnet"], expected, rtol=1e-5, atol=1e-6)
+        picture, _ = display.reconstruction_image(data[f"{name}/layer/deconvnet"], "signed")
         assert np.array_equal(np.asarray(Image.open(path)), picture)  # the PNG holds exactly the display picture
     assert final.timings.forward > 0 and final.timings.deconvnet > 0 and final.timings.encoding > 0
 
 
 def test_cache_serves_identical_results_and_says_so(pipeline, cat_png, tmp_path):
-    first = pipeline.analyse_all(cat_png)
+    first = views.analyse_all(pipeline, cat_png)
     copy = tmp_path / "copy.png"
     copy.write_bytes(cat_png.read_bytes())  # same bytes, other name: same entry
-    second = pipeline.analyse_all(copy)
+    second = views.analyse_all(pipeline, copy)
     assert second.timings.cached and second.timings.deconvnet == 0 and second.timings.first is not None
     for (a, _), (b, _) in zip(first.layers, second.layers, strict=True):
         assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
     uncached = Pipeline(pipeline.model, PipelineConfig(cache_size=0))
     try:
-        assert not uncached.analyse_all(cat_png).timings.cached and not uncached.analyse_all(cat_png).timings.cached
+        assert not views.analyse_all(uncached, cat_png).timings.cached
+        assert not views.analyse_all(uncached, cat_png).timings.cached
     finally:
         uncached.close()
 
 
 def test_explore_shows_the_k_strongest_channels_each_projected_alone(pipeline, onnx_model, cat_png):
     layer, k = "conv3_1", 4
-    result = pipeline.explore(cat_png, layer, k, "minmax")
+    result = views.explore(pipeline, cat_png, layer, k, "minmax")
     x = preprocess(Image.open(cat_png), TINY_SIZE, MEAN, STD)
     _, acts, switches = onnx_model.run(x)
     channels, values = top_channels(acts[layer], k)
     assert result.channels == channels[0].tolist()
     np.testing.assert_allclose(result.values, values[0], rtol=1e-6)
     assert [cap for _, cap in result.topk] == [f"ch {c} · {v:.3g}" for c, v in zip(channels[0], values[0], strict=True)]
-    assert result.selected.channel == channels[0, 0] and result.layout == pipeline.grid_layout(layer)
+    assert result.selected.channel == channels[0, 0] and result.layout == views.grid_layout(pipeline, layer)
     assert Image.open(result.grid).size == result.layout.size[::-1]
     assert Image.open(result.merged).size == (224, 224)  # 32 px enlarged 7 times for the page
 
     c = int(channels[0, 2])
-    view = pipeline.channel(cat_png, layer, c, "minmax")
+    view = views.channel(pipeline, cat_png, layer, c, "minmax")
     expected = Deconvnet(onnx_model.weights).project(acts, switches, layer, "channel", channel=c).images[0]
     picture, _ = display.reconstruction_image(expected, "minmax")
     assert np.array_equal(np.asarray(Image.open(view.projection)), display.upscale(picture, 7))
     assert view.value == pytest.approx(float(acts[layer][0, c].max()))
     assert f"channel {c}" in view.caption
-    assert Image.open(view.crop).size == Image.open(view.patch).size
+    # The crop and the patch are the unit's receptive field (the atlas's window), not the projection's support.
+    row, col = divmod(int(acts[layer][0, c].argmax()), acts[layer].shape[3])
+    top, left, side = field_box(layer, row, col)
+    assert side == receptive_field(layer) == 24
+    tile = pipeline.config.min_tile
+    crop = display.enlarge(display.projection_tile(expected, top, left, side, "minmax"), tile)
+    patch = display.enlarge(display.field_tile(deprocess(x, MEAN, STD), top, left, side), tile)
+    assert np.array_equal(np.asarray(Image.open(view.crop)), crop)
+    assert np.array_equal(np.asarray(Image.open(view.patch)), patch)
 
 
 def test_pipeline_refuses_bad_requests(pipeline, cat_png):
     with pytest.raises(InputError, match="layer"):
-        pipeline.explore(cat_png, "conv6_1")
+        views.explore(pipeline, cat_png, "conv6_1")
     with pytest.raises(InputError, match="between 1 and 64"):
-        pipeline.explore(cat_png, "conv1_1", k=65)
+        views.explore(pipeline, cat_png, "conv1_1", k=65)
     with pytest.raises(InputError, match="channels 0 to 63"):
-        pipeline.channel(cat_png, "conv1_2", 64)
+        views.channel(pipeline, cat_png, "conv1_2", 64)
     with pytest.raises(InputError, match="whole number"):
-        pipeline.channel(cat_png, "conv1_2", "three")
+        views.channel(pipeline, cat_png, "conv1_2", "three")
     with pytest.raises(InputError, match="normalisation"):
-        pipeline.analyse_all(cat_png, "log")
+        views.analyse_all(pipeline, cat_png, "log")
     with pytest.raises(InputError, match="resize"):
-        pipeline.analyse_all(cat_png, "minmax", "zoom")
+        views.analyse_all(pipeline, cat_png, "minmax", "zoom")
 
 
 def test_channel_at_follows_the_layer_grid(pipeline):
     for layer in ("conv1_1", "conv5_3"):
-        layout = pipeline.grid_layout(layer)
+        layout = views.grid_layout(pipeline, layer)
         assert layout.channels == conv_channels(layer)
         last = layout.channels - 1
         row, col = divmod(last, layout.columns)
         x, y = col * (layout.tile_w + 1) + 1, row * (layout.tile_h + 1) + 1
-        assert pipeline.channel_at(layer, x, y) == last
+        assert views.channel_at(pipeline, layer, x, y) == last
 
 
 # --- the served app ---------------------------------------------------------------------------------------------
@@ -364,9 +348,9 @@ def client(app):
 
 def fetch(file: dict) -> bytes:
     """The bytes of a result file (a gradio_client FileData dict) over HTTP."""
-    import requests
+    import httpx
 
-    response = requests.get(file["url"], timeout=60)
+    response = httpx.get(file["url"], timeout=60, follow_redirects=True)
     assert response.status_code == 200, file
     return response.content
 
@@ -425,7 +409,7 @@ def test_good_path_returns_prediction_13_layers_and_timings(client, onnx_model, 
         assert np.array_equal(picture(item["image"]), expected)
     assert picture(network_input).shape == (224, 224, 3)  # enlarged for the page
     data = np.load(io.BytesIO(fetch(npz)))
-    assert sorted(data.files) == sorted(["input", "probs", *(f"{n}/layer" for n in CONV_LAYERS)])
+    assert sorted(data.files) == sorted(["input", "probs", *(f"{n}/layer/deconvnet" for n in CONV_LAYERS)])
     np.testing.assert_array_equal(data["input"], x)
     for stage in ("preprocess", "forward", "deconvnet", "encoding", "total", "CPU"):
         assert stage in timings
@@ -468,14 +452,14 @@ def test_bad_input_gets_a_message_and_the_server_keeps_answering(client, cat_png
 
 
 def test_file_over_max_file_size_is_refused(app, client, cat_png, tmp_path):
-    import requests
+    import httpx
 
     big = tmp_path / "big.png"
     with open(big, "wb") as f:  # a valid PNG start, then 26 MB of padding
         f.write(GOOD_INPUTS["grey.png"])
         f.truncate(26 * 2**20)
     with open(big, "rb") as f:  # the server refuses the upload itself
-        response = requests.post(f"{app[0]}gradio_api/upload", files={"files": ("big.png", f, "image/png")},
+        response = httpx.post(f"{app[0]}gradio_api/upload", files={"files": ("big.png", f, "image/png")},
                                  timeout=60)
     assert response.status_code == 413
     with pytest.raises(ValueError, match="maximum file size"):  # and gradio_client knows the limit
@@ -512,25 +496,25 @@ def test_eight_clients_five_requests_each_get_a_single_users_results(app, cat_pn
 
 
 def test_no_file_of_the_machine_is_reachable(app, client, cat_png):
-    import requests
+    import httpx
 
     url, _, pipeline = app
     analyse(client, cat_png)
-    ours = pipeline._workdir  # pictures the pipeline wrote before Gradio copied them into its cache
+    ours = pipeline.store.root  # pictures the pipeline wrote before Gradio copied them into its cache
     targets = ["/etc/passwd", str(ROOT / "app.py"), "app.py", "../../../../etc/passwd", "%2e%2e/%2e%2e/etc/passwd",
                "/tmp/gradio/../../etc/passwd", "/proc/self/environ", str(next(ours.rglob("*.png")))]
     for target in targets:
         for route in ("gradio_api/file=", "file="):
-            response = requests.get(f"{url}{route}{target}", timeout=30)
+            response = httpx.get(f"{url}{route}{target}", timeout=30, follow_redirects=True)
             assert response.status_code in (403, 404), (route, target, response.status_code)
             assert "root:" not in response.text and "def serve" not in response.text
-    served = requests.get(f"{url}gradio_api/info", timeout=30)
+    served = httpx.get(f"{url}gradio_api/info", timeout=30)
     assert served.status_code == 200  # the routes themselves work
     for target in ["/etc/passwd", str(ROOT / "app.py"), str(ROOT / "examples" / "chelsea.png")]:
         # a request naming a server file instead of uploading one: refused before the pipeline reads anything
         payload = {"data": [{"path": target, "meta": {"_type": "gradio.FileData"}}, "minmax", "crop"]}
-        event = requests.post(f"{url}gradio_api/call/analyse", json=payload, timeout=30).json()["event_id"]
-        stream = requests.get(f"{url}gradio_api/call/analyse/{event}", timeout=120).text
+        event = httpx.post(f"{url}gradio_api/call/analyse", json=payload, timeout=30).json()["event_id"]
+        stream = httpx.get(f"{url}gradio_api/call/analyse/{event}", timeout=120).text
         assert stream.startswith("event: error") and "root:" not in stream and "conv1_1" not in stream
 
 
@@ -567,30 +551,30 @@ def network_input(path: Path) -> np.ndarray:
 
 
 def test_occlusion_for_matches_a_direct_call(pipeline, onnx_model, cat_png, monkeypatch):
-    from demo.occlusion import occlusion_view
+    from demo.analyses.occlusion import occlusion_view
 
-    figure, summary = pipeline.occlusion_for(cat_png, size=12, stride=16)
+    figure, summary = paper.occlusion_for(pipeline, cat_png, size=12, stride=16)
     expected, text, result = occlusion_view(onnx_model, network_input(cat_png), 12, 16)
     assert result.probability.shape == (2, 2)
     shown = np.asarray(Image.open(figure))
     assert shown.dtype == np.uint8 and shown.shape == expected.shape
     np.testing.assert_array_equal(shown, expected)
     assert summary == text and "conv5_3 channel" in summary
-    assert pipeline.default_stride == 32  # the CPU default
+    assert paper.default_stride(pipeline) == 32  # the CPU default
     for size, stride, words in [(0, 16, "size"), (12, 0, "stride"), (12, 33, "stride"), ("x", 16, "whole")]:
         with pytest.raises(InputError, match=words):
-            pipeline.occlusion_for(cat_png, size, stride)
-    monkeypatch.setattr("demo.pipeline.MAX_OCCLUSION_PASSES", 3)  # 2 x 2 positions at stride 16 are too many now
+            paper.occlusion_for(pipeline, cat_png, size, stride)
+    monkeypatch.setattr("demo.app.paper.MAX_OCCLUSION_PASSES", 3)  # 2 x 2 positions at stride 16 are too many now
     with pytest.raises(InputError, match="needs 4 forward passes.*at least 32 px"):
-        pipeline.occlusion_for(cat_png, 12, 16)
+        paper.occlusion_for(pipeline, cat_png, 12, 16)
     with pytest.raises(InputError, match="No image"):
-        pipeline.occlusion_for(None, 12, 32)
+        paper.occlusion_for(pipeline, None, 12, 32)
 
 
 def test_invariance_for_matches_a_direct_call(pipeline, onnx_model, cat_png):
-    from demo.invariance import invariance_view
+    from demo.analyses.invariance import invariance_view
 
-    figure = pipeline.invariance_for(cat_png)
+    figure = paper.invariance_for(pipeline, cat_png)
     expected, result = invariance_view(onnx_model, network_input(cat_png), quick=True)
     assert set(result.params) == {"translation", "scale", "rotation"}
     shown = np.asarray(Image.open(figure))
@@ -602,7 +586,7 @@ def test_occlusion_and_invariance_endpoints(client, onnx_model, cat_png):
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
-    from demo.occlusion import occlusion_view
+    from demo.analyses.occlusion import occlusion_view
 
     figure, summary = client.predict(handle_file(str(cat_png)), 16, 16, "crop", api_name="/occlusion")
     expected, text, _ = occlusion_view(onnx_model, network_input(cat_png), 16, 16)
@@ -621,55 +605,239 @@ def tabs(demo) -> list[str]:
 
 def test_no_atlas_tab_without_atlas(app):
     _, demo, _ = app
-    assert tabs(demo) == ["All layers", "Layer explorer", "Occlusion", "Invariance"]
+    assert tabs(demo) == ["All layers", "Layer explorer", "Classes", "Rules", "Occlusion", "Invariance",
+                          "Model health", "Sanity checks"]
     assert "atlas" not in {fn.api_name for fn in demo.fns.values()}
 
 
 @pytest.fixture(scope="module")
 def atlas_dir(tiny_onnx, tmp_path_factory) -> Path:
     """An atlas of conv1_2 over five generated 32 x 32 images; no picture drawn yet (the app draws on request)."""
-    from demo import mine
+    from demo.analyses.atlas import cli
 
     data = tmp_path_factory.mktemp("atlas_data")
     for i in range(5):
         make_image("RGB", (TINY_SIZE, TINY_SIZE), seed=10 + i).save(data / f"img{i}.png")
     out = tmp_path_factory.mktemp("atlas") / "atlas"
     with contextlib.redirect_stdout(io.StringIO()):
-        mine.run(mine.MineConfig(data=str(data), out=str(out), model=str(tiny_onnx), layers="conv1_2", k=3,
-                                 batch_size=5, workers=1, render="none"), bar=False)
+        cli.run(cli.MineConfig(data=str(data), out=str(out), model=str(tiny_onnx), layers="conv1_2", k=3,
+                               batch_size=5, workers=1, render="none"), bar=False)
     return out
 
 
 def test_atlas_tab_shows_the_atlas(tiny_onnx, onnx_model, atlas_dir):
     from gradio_client.exceptions import AppError
 
-    from demo import mine
+    from demo.analyses.atlas import read
 
-    atlas = mine.Atlas(atlas_dir)
+    atlas = read.Atlas(atlas_dir)
     ranked = atlas.ranked_channels("conv1_2").tolist()
     with running_app(tiny_onnx, atlas=str(atlas_dir)) as (url, demo, pipeline):
-        assert tabs(demo)[-1] == "Atlas"
+        assert tabs(demo)[-3:] == ["Atlas", "Model health", "Sanity checks"]
         dropdowns = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None) in
                      ("atlas-layer", "atlas-channel")}
         assert dropdowns["atlas-layer"].choices == [("conv1_2", "conv1_2")]
         assert [value for _, value in dropdowns["atlas-channel"].choices] == ranked
-        assert pipeline.atlas_channels(atlas_dir, "conv1_2") == ranked
+        assert paper.atlas_channels(atlas_dir, "conv1_2") == ranked
         client = new_client(url)
         channel = ranked[1]
         shown, caption = client.predict("conv1_2", channel, api_name="/atlas")
-        direct, direct_caption = pipeline.atlas_view(atlas_dir, "conv1_2", channel)
+        direct, direct_caption = paper.atlas_view(pipeline, atlas_dir, "conv1_2", channel)
         np.testing.assert_array_equal(picture(shown), np.asarray(Image.open(direct)))
         assert caption == direct_caption == atlas.caption("conv1_2", channel)
-        np.testing.assert_array_equal(picture(shown), mine.atlas_view(atlas_dir, "conv1_2", channel, onnx_model))
+        np.testing.assert_array_equal(picture(shown), read.atlas_view(atlas_dir, "conv1_2", channel, onnx_model))
         assert f"conv1_2 channel {channel}" in caption and picture(shown).ndim == 3
         with pytest.raises(AppError, match="not in the list of choices"):
             client.predict("conv5_3", 0, api_name="/atlas")
         with pytest.raises(InputError, match="not 'conv5_3'"):
-            pipeline.atlas_view(atlas_dir, "conv5_3", 0)
+            paper.atlas_view(pipeline, atlas_dir, "conv5_3", 0)
         with pytest.raises(InputError, match="channels 0 to 63"):
-            pipeline.atlas_view(atlas_dir, "conv1_2", 64)
+            paper.atlas_view(pipeline, atlas_dir, "conv1_2", 64)
 
 
 def test_app_refuses_a_folder_that_is_not_an_atlas(tiny_onnx, tmp_path):
     with pytest.raises(FileNotFoundError, match="not an atlas"), running_app(tiny_onnx, atlas=str(tmp_path)):
         pass
+
+
+# --- two models side by side, and the API's one-result endpoints ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def other_onnx(tmp_path_factory) -> Path:
+    """A second tiny model with other random weights (the "early checkpoint" of a comparison)."""
+    from conftest import check_images, random_bn_vgg
+
+    from export.onnx_export import export_onnx
+
+    path = tmp_path_factory.mktemp("other") / "other.onnx"
+    export_onnx(random_bn_vgg(seed=1), path, input_size=TINY_SIZE, check_images=check_images()[:1])
+    return path
+
+
+def test_two_models_side_by_side(tiny_onnx, other_onnx, cat_png):
+    from gradio_client import handle_file
+
+    from demo.onnx_forward import OnnxModel
+
+    other = OnnxModel(other_onnx, device="cpu")
+    x = preprocess(Image.open(cat_png), TINY_SIZE, MEAN, STD)
+    probs, acts, switches = other.run(x)
+    with running_app(tiny_onnx, compare=str(other_onnx)) as (url, demo, pipeline):
+        assert "compare-gallery" in {getattr(b, "elem_id", None) for b in demo.blocks.values()}
+        client = new_client(url)
+        out = client.predict(handle_file(str(cat_png)), "minmax", "crop", api_name="/analyse")
+        assert len(out) == 7
+        ours, theirs = out[1], out[6]
+        assert [item["caption"] for item in theirs] == list(CONV_LAYERS)
+        assert any(not np.array_equal(picture(a["image"]), picture(b["image"]))  # other weights, other pictures
+                   for a, b in zip(ours, theirs, strict=True))
+        assert out[5]["label"] == next(iter(top_predictions(probs[0], other.class_names)))
+        expected = Deconvnet(other.weights).project(acts, switches, "conv3_2", "layer").images[0]
+        shown = picture(theirs[CONV_LAYERS.index("conv3_2")]["image"])
+        np.testing.assert_array_equal(shown, display.reconstruction_image(expected, "minmax")[0])
+        view = client.predict(handle_file(str(cat_png)), "conv4_2", 17, "minmax", "crop", api_name="/channel")
+        assert view[0] == 17 and "channel 17" in view[5] and "other.onnx" in view[-1] and "channel 17" in view[-1]
+        twin = Deconvnet(other.weights).project(acts, switches, "conv4_2", "channel", channel=17).images[0]
+        np.testing.assert_array_equal(picture(view[7]),
+                                      display.upscale(display.reconstruction_image(twin, "minmax")[0], 7))
+
+
+def test_analyse_api_returns_one_result_while_the_page_streams(app, client, cat_png):
+    from gradio_client import handle_file
+
+    job = client.submit(handle_file(str(cat_png)), "minmax", "crop", api_name="/analyse")
+    result = job.result(timeout=120)
+    assert len(job.outputs()) == 1 and len(result[1]) == len(CONV_LAYERS)
+    _, demo, _ = app
+    streaming = [fn for fn in demo.fns.values() if fn.api_name is None or fn.api_visibility == "private"]
+    assert any(getattr(fn.fn, "__name__", "") == "stream" for fn in streaming)  # the page's own, not in the API
+    info = client.view_api(print_info=False, return_format="dict")
+    assert "/analyse" in info["named_endpoints"] and len(info["unnamed_endpoints"]) == 0
+
+
+# --- backward rules and class projections -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rule", ["guided", "gradient"])
+def test_every_view_takes_the_rule(pipeline, onnx_model, cat_png, rule):
+    x = preprocess(Image.open(cat_png), TINY_SIZE, MEAN, STD)
+    _, acts, switches = onnx_model.run(x)
+    deconvnet = Deconvnet.from_model(onnx_model)
+    final = views.analyse_all(pipeline, cat_png, "minmax", "crop", rule)
+    data = np.load(final.npz)
+    expected = deconvnet.project(acts, switches, "conv4_1", "layer", rule=rule).images[0]
+    np.testing.assert_allclose(data[f"conv4_1/layer/{rule}"], expected, rtol=1e-5, atol=1e-6)
+    other = views.analyse_all(pipeline, cat_png, "minmax", "crop", "deconvnet")
+    assert not np.array_equal(np.asarray(Image.open(final.layers[-1][0])), np.asarray(Image.open(other.layers[-1][0])))
+    view = views.channel(pipeline, cat_png, "conv3_1", 5, "signed", "crop", rule)
+    single = deconvnet.project(acts, switches, "conv3_1", "channel", channel=5, rule=rule).images[0]
+    shown = display.upscale(display.reconstruction_image(single, "signed")[0], 7)
+    assert np.array_equal(np.asarray(Image.open(view.projection)), shown)
+    with pytest.raises(InputError, match="backward rule"):
+        views.analyse_all(pipeline, cat_png, "minmax", "crop", "lrp")
+
+
+def test_flip_tta_averages_the_prediction_with_the_mirror_image(pipeline, onnx_model, cat_png):
+    x = preprocess(Image.open(cat_png), TINY_SIZE, MEAN, STD)
+    averaged = (onnx_model.predict(x)[0] + onnx_model.predict(np.ascontiguousarray(x[..., ::-1]))[0]) / 2
+    with_tta = views.analyse_all(pipeline, cat_png, tta=True)
+    assert with_tta.prediction == pytest.approx(top_predictions(averaged, onnx_model.class_names))
+    without = views.analyse_all(pipeline, cat_png, tta=False)
+    assert without.prediction == pytest.approx(top_predictions(onnx_model.predict(x)[0], onnx_model.class_names))
+    assert [a for a, _ in with_tta.layers] != [b for b, _ in without.layers]  # new files, same pictures
+    for (a, _), (b, _) in zip(with_tta.layers, without.layers, strict=True):
+        assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+
+
+def test_classes_view_projects_the_predicted_and_the_picked_class(pipeline, onnx_model, cat_png):
+    x = preprocess(Image.open(cat_png), TINY_SIZE, MEAN, STD)
+    probs, acts, switches = onnx_model.run(x)
+    order = np.argsort(-probs[0], kind="stable")
+    names = onnx_model.class_names
+    deconvnet = Deconvnet.from_model(onnx_model)
+    for picked, expected in [(None, int(order[1])), (names[7], 7), (3, 3), ("3", 3)]:
+        view = views.classes(pipeline, cat_png, picked, "minmax", "crop", "gradient")
+        assert view.predicted[1].startswith(names[order[0]]) and view.picked[1].startswith(names[expected])
+        images, logits = deconvnet.project_class(acts, switches, expected, "gradient")
+        shown = display.upscale(display.reconstruction_image(images[0], "minmax")[0], 7)
+        assert np.array_equal(np.asarray(Image.open(view.picked[0])), shown)
+        assert f"logit {logits[0]:.3g}" in view.picked[1]
+    for bad in ("Tiger", 12, -1, 2.5):
+        with pytest.raises(InputError, match="class"):
+            views.classes(pipeline, cat_png, bad)
+
+
+def test_rule_and_classes_endpoints(client, onnx_model, cat_png):
+    from gradio_client import handle_file
+
+    out = client.predict(handle_file(str(cat_png)), "minmax", "crop", "guided", api_name="/analyse")
+    assert "conv1_1/layer/guided" in np.load(io.BytesIO(fetch(out[3]))).files
+    predicted, picked, summary = client.predict(handle_file(str(cat_png)), onnx_model.class_names[2], "minmax",
+                                                "crop", "gradient", api_name="/classes")
+    assert "gradient" in summary and picture(picked).shape == (224, 224, 3)
+
+
+def test_model_health_tab_shows_the_filters_always_and_the_layers_with_a_health_folder(tiny_onnx, onnx_model,
+                                                                                        tmp_path):
+    import subprocess
+    import sys
+
+    from demo.analyses.health.view import health_view
+
+    with running_app(tiny_onnx) as (url, demo, pipeline):
+        shown = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+        assert "health-filters" in shown and "health-figure" not in shown
+        filters, figure, summary = paper.health_for(pipeline)
+        np.testing.assert_array_equal(np.asarray(Image.open(filters)), health_view(onnx_model)[0])
+        assert figure is None and "python -m demo.health" in summary
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(4):
+        make_image("RGB", (TINY_SIZE, TINY_SIZE), seed=20 + i).save(data / f"img{i}.png")
+    proc = subprocess.run([sys.executable, "-m", "demo.health", "--data", str(data), "--model", str(tiny_onnx),
+                           "--out", str(tmp_path / "health")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    with running_app(tiny_onnx, health=str(tmp_path / "health")) as (url, demo, pipeline):
+        shown = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+        assert "health-figure" in shown
+        _, figure, summary = paper.health_for(pipeline, tmp_path / "health")
+        np.testing.assert_array_equal(np.asarray(Image.open(figure)), health_view(onnx_model, tmp_path / "health")[1])
+        assert summary == health_view(onnx_model, tmp_path / "health")[2]
+    with pytest.raises(FileNotFoundError), running_app(tiny_onnx, health=str(data)):
+        pass
+
+
+def test_rules_compared_shows_both_rules_and_their_difference(pipeline, onnx_model, cat_png):
+    from demo.analyses.sanity.measure import similarity
+
+    x = preprocess(Image.open(cat_png), TINY_SIZE, MEAN, STD)
+    _, acts, switches = onnx_model.run(x)
+    deconvnet = Deconvnet.from_model(onnx_model)
+    r = views.rule_difference(pipeline, cat_png, "conv4_2", "deconvnet", "gradient")
+    a = deconvnet.project(acts, switches, "conv4_2", "layer", rule="deconvnet").images[0]
+    b = deconvnet.project(acts, switches, "conv4_2", "layer", rule="gradient").images[0]
+    shown = lambda path: np.asarray(Image.open(path))  # noqa: E731
+    assert np.array_equal(shown(r.first), display.upscale(display.reconstruction_image(a, "minmax")[0], 7))
+    assert np.array_equal(shown(r.second), display.upscale(display.reconstruction_image(b, "minmax")[0], 7))
+    diff = a / np.abs(a).max() - b / np.abs(b).max()
+    assert np.array_equal(shown(r.difference), display.upscale(display.reconstruction_image(diff, "signed")[0], 7))
+    spearman_abs, spearman, ssim = similarity(a, b)
+    assert f"{spearman_abs:.2f} of |map| and {spearman:.2f} signed, SSIM {ssim:.2f}" in r.caption
+    same = views.rule_difference(pipeline, cat_png, "class", "guided", "guided")
+    assert (shown(same.difference) == display.GREY).all() and "1.00 of |map|" in same.caption
+    with pytest.raises(InputError, match="layer"):
+        views.rule_difference(pipeline, cat_png, "fc8")
+
+
+def test_sanity_checks_tab_shows_the_filmstrip_and_curves(pipeline, onnx_model, cat_png):
+    from demo.analyses.sanity.view import sanity_view
+
+    strip, curves, summary = paper.sanity_for(pipeline, cat_png, "conv5_3")
+    x = preprocess(Image.open(cat_png), TINY_SIZE, MEAN, STD)
+    expected_strip, expected_curves, expected_summary = sanity_view(onnx_model, x, "conv5_3")
+    assert np.array_equal(np.asarray(Image.open(strip)), expected_strip)
+    assert np.array_equal(np.asarray(Image.open(curves)), expected_curves)
+    assert summary == expected_summary
+    with pytest.raises(InputError):
+        paper.sanity_for(pipeline, cat_png, "conv9_9")

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from test_app import running_app
 
-from demo.pipeline import top_predictions
+from demo.app import views
+from demo.app.pipeline import top_predictions
 from model.spec import CONV_LAYERS
 
 pytestmark = pytest.mark.browser
@@ -86,6 +87,14 @@ def test_cat_example_in_a_real_browser(browser, tiny_onnx, tmp_path):
         page.get_by_text("Example images: sources and licences").click()
         assert "Chelsea the cat" in page.locator("#attribution").inner_text()
 
+        # Every tab keeps its own name whichever is open (a non-tab child of the Tabs block once duplicated them).
+        names = page.locator("#tabs button[role='tab']").all_inner_texts()
+        assert len(names) == len(set(names)) >= 8
+        for name in ("Occlusion", "Model health", "Classes"):
+            page.get_by_role("tab", name=name).click()
+            page.wait_for_timeout(300)
+            assert page.locator("#tabs button[role='tab']").all_inner_texts() == names, name
+
         # The layer explorer: the k strongest channels of conv5_3; clicking one (and a grid tile) selects it.
         page.get_by_role("tab", name="Layer explorer").click()
         page.wait_for_function(LOADED, arg=["#topk-gallery", 9])
@@ -98,7 +107,7 @@ def test_cat_example_in_a_real_browser(browser, tiny_onnx, tmp_path):
         page.wait_for_function(CAPTION_SAYS, arg=f"channel {third}")
         assert int(number.input_value()) == third
 
-        layout = pipeline.grid_layout("conv5_3")
+        layout = views.grid_layout(pipeline, "conv5_3")
         target = layout.columns + 3  # second row, fourth tile
         row, col = divmod(target, layout.columns)
         click_natural(page, "#feature-grid", col * (layout.tile_w + layout.gap) + layout.tile_w / 2,

@@ -36,11 +36,11 @@ def test_visualize_channel_writes_pngs_and_raw_reconstructions(picture, tiny_onn
     for name in ["input.png", "conv2_1_channel3.png", "conv2_1_features.png", "conv2_1_merged.png"]:
         assert (out / name).is_file(), name
     data = np.load(out / "reconstructions.npz")
-    assert sorted(data.files) == ["conv2_1/channel/3", "input"]
+    assert sorted(data.files) == ["conv2_1/channel/3/deconvnet", "input"]
     x = data["input"]
     assert x.shape == (1, 3, TINY_SIZE, TINY_SIZE) and x.dtype == np.float32
     np.testing.assert_allclose(x, preprocess(load_image(picture), TINY_SIZE, spec.MEAN, spec.STD), atol=1e-6)
-    recon = data["conv2_1/channel/3"]
+    recon = data["conv2_1/channel/3/deconvnet"]
     assert recon.shape == (3, TINY_SIZE, TINY_SIZE) and recon.dtype == np.float32
     _, acts, switches = onnx_model.run(x)  # the same functions in-process give the same numbers
     expected = Deconvnet(onnx_model.weights).project(acts, switches, "conv2_1", "channel", channel=3).images[0]
@@ -58,7 +58,7 @@ def test_visualize_topk_on_several_layers(picture, tiny_onnx, tmp_path):
         assert len(keys) == 3
         assert (out / f"{layer}_topk.png").is_file()
         for key in keys:
-            assert (out / f"{layer}_topk_{key.rsplit('/', 1)[1]}.png").is_file()
+            assert key.endswith("/deconvnet") and (out / f"{layer}_topk_{key.split('/')[2]}.png").is_file()
     assert not (out / "conv1_2_features.png").exists()
 
 
@@ -67,8 +67,8 @@ def test_visualize_layer_mode_all_layers(picture, tiny_onnx, tmp_path):
     proc = run("demo.visualize", str(picture), "--layer", "all", "--model", str(tiny_onnx), "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     data = np.load(out / "reconstructions.npz")
-    assert sorted(data.files) == sorted(["input", *(f"{layer}/layer" for layer in spec.CONV_LAYERS)])
-    assert all(np.abs(data[f"{layer}/layer"]).max() > 0 for layer in spec.CONV_LAYERS)
+    assert sorted(data.files) == sorted(["input", *(f"{layer}/layer/deconvnet" for layer in spec.CONV_LAYERS)])
+    assert all(np.abs(data[f"{layer}/layer/deconvnet"]).max() > 0 for layer in spec.CONV_LAYERS)
     assert "top classes" in proc.stdout
 
 
@@ -150,6 +150,57 @@ def test_predict_images_of_the_label_file_and_skips_broken_ones(image_folder, ti
     assert "accuracy: " in proc.stdout
 
 
+def test_predict_with_flip_tta_reports_both_accuracies(image_folder, tiny_onnx, onnx_model, tmp_path):
+    out = tmp_path / "pred.csv"
+    proc = run("demo.predict", str(image_folder), "--labels", str(image_folder / "labels.txt"), "--tta",
+               "--model", str(tiny_onnx), "--csv", str(out))
+    assert proc.returncode == 0, proc.stderr
+    labels = {s.path.resolve(): s.label for s in parse_label_file(image_folder / "labels.txt")}
+    plain_correct = tta_correct = 0
+    for row in _read_csv(out):
+        x = preprocess(load_image(row["path"]), onnx_model.input_size, onnx_model.mean, onnx_model.std)
+        plain = onnx_model.predict(x)[0]
+        mirrored = onnx_model.predict(np.ascontiguousarray(x[..., ::-1]))[0]  # the image flipped left-right
+        averaged = (plain + mirrored) / 2
+        assert int(row["class"]) == int(averaged.argmax())
+        assert float(row["probability"]) == pytest.approx(float(averaged.max()), abs=1e-5)
+        label = labels[(ROOT / row["path"]).resolve()]
+        plain_correct += int(plain.argmax()) == label
+        tta_correct += int(averaged.argmax()) == label
+    assert f"accuracy without flip TTA: {plain_correct / 5:.4f}" in proc.stdout
+    assert f"accuracy with flip TTA: {tta_correct / 5:.4f}" in proc.stdout
+
+
 def test_predict_needs_inputs(tmp_path):
     proc = run("demo.predict", "--csv", str(tmp_path / "x.csv"))
     assert proc.returncode == 2 and "--labels" in proc.stderr
+
+
+@pytest.mark.parametrize("rule", ["guided", "gradient"])
+def test_visualize_with_a_rule_writes_exactly_one_array(picture, tiny_onnx, onnx_model, tmp_path, rule):
+    out = tmp_path / rule
+    proc = run("demo.visualize", str(picture), "--layer", "conv3_2", "--mode", "channel", "--channel", "7", "--rule",
+               rule, "--model", str(tiny_onnx), "--out", str(out), "--no-features")
+    assert proc.returncode == 0, proc.stderr
+    data = np.load(out / "reconstructions.npz")
+    assert sorted(data.files) == [f"conv3_2/channel/7/{rule}", "input"]
+    _, acts, switches = onnx_model.run(data["input"])
+    expected = Deconvnet(onnx_model.weights).project(acts, switches, "conv3_2", "channel", channel=7, rule=rule)
+    np.testing.assert_allclose(data[f"conv3_2/channel/7/{rule}"], expected.images[0], rtol=1e-5, atol=1e-6)
+    assert (out / f"conv3_2_channel7_{rule}.png").is_file()
+
+
+def test_visualize_a_class_score(picture, tiny_onnx, onnx_model, tmp_path):
+    out = tmp_path / "class"
+    name = onnx_model.class_names[4]
+    proc = run("demo.visualize", str(picture), "--class", name, "--rule", "gradient", "--model", str(tiny_onnx),
+               "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    data = np.load(out / "reconstructions.npz")
+    assert sorted(data.files) == ["class/4/gradient", "input"]
+    _, acts, switches = onnx_model.run(data["input"])
+    images, _ = Deconvnet.from_model(onnx_model).project_class(acts, switches, 4, "gradient")
+    np.testing.assert_allclose(data["class/4/gradient"], images[0], rtol=1e-5, atol=1e-6)
+    assert (out / "class_4_gradient.png").is_file()
+    bad = run("demo.visualize", str(picture), "--class", "Tiger", "--model", str(tiny_onnx), "--out", str(out))
+    assert bad.returncode == 2 and "Tiger" in bad.stderr and "Traceback" not in bad.stderr

@@ -101,6 +101,24 @@ def test_malformed_line_names_the_file_and_the_line(tmp_path, bad):
     assert f"{path}:4" in str(error.value)
 
 
+def test_labels_outside_the_class_range_name_the_file_and_the_line(tmp_path):
+    path = tmp_path / "train_list.txt"
+    path.write_text("a.jpg\t0\nb.jpg\t2\n\nc.jpg\t3\n")
+    assert [(s.label, s.line) for s in parse_label_file(path, num_classes=4)] == [(0, 1), (2, 2), (3, 4)]
+    with pytest.raises(ValueError, match=rf"{path}:4: label 3 is outside the 3 classes 0-2"):
+        parse_label_file(path, num_classes=3)
+    with pytest.raises(ValueError, match=rf"{path}:4: label 3"):
+        find_samples(tmp_path, num_classes=3)
+
+
+def test_image_folder_with_another_class_count_is_an_error(tmp_path):
+    for name in ("a", "b"):
+        noise_image(tmp_path / name / "x.png", 1)
+    assert len(find_samples(tmp_path, num_classes=2)[0]) == 2
+    with pytest.raises(ValueError, match="2 class folders, but 3 classes"):
+        find_samples(tmp_path, num_classes=3)
+
+
 def test_empty_label_file_is_an_error(tmp_path):
     path = tmp_path / "train_list.txt"
     path.write_text("\n\n")
@@ -307,24 +325,39 @@ def test_check_images_skips_unreadable_files_with_named_warnings_and_a_count(tmp
     bad = [Sample(text, 0), Sample(truncated, 1), Sample(empty, 0), Sample(missing, 1)]
     samples = [good[0], bad[0], good[1], bad[1], bad[2], good[2], bad[3]]
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        kept, digests = check_images(samples, progress=False)
-    messages = [str(w.message) for w in caught]
+    messages: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # reported through ``warn``, never Python's warnings
+        kept, digests = check_images(samples, progress=False, warn=messages.append)
 
     assert kept == good
     assert digests == [sha1(s.path) for s in good]
     for sample in bad:
         assert sum(str(sample.path) in m for m in messages) == 1, (sample.path, messages)
-    assert any("skipped 4 unreadable image(s) of 7" in m for m in messages), messages
+    assert messages[-1] == "skipped 4 unreadable image(s) of 7"
+    assert len(messages) == 5 and all("\n" not in m for m in messages)
+
+
+def test_check_images_prints_one_warning_line_each_on_stderr(tmp_path, capsys):
+    samples = [Sample(noise_image(tmp_path / "good.png", 0), 0), Sample(tmp_path / "gone.png", 0)]
+    check_images(samples, progress=False)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [f"warning: skipping unreadable image {tmp_path / 'gone.png'}: no such file",
+                     "warning: skipped 1 unreadable image(s) of 2"]
+
+
+def test_check_images_without_any_usable_image_is_an_error(tmp_path):
+    (tmp_path / "a.png").write_text("not a picture")
+    samples = [Sample(tmp_path / "a.png", 0), Sample(tmp_path / "missing.png", 1)]
+    with pytest.raises(ValueError, match="none of the 2 images can be read"):
+        check_images(samples, progress=False, warn=lambda message: None)
 
 
 def test_check_images_is_silent_when_all_images_read(tmp_path):
     samples = [Sample(noise_image(tmp_path / f"{i}.png", i), 0) for i in range(2)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        kept, digests = check_images(samples, progress=False)
-    assert kept == samples and len(set(digests)) == 2
+    messages: list[str] = []
+    kept, digests = check_images(samples, progress=False, warn=messages.append)
+    assert kept == samples and len(set(digests)) == 2 and messages == []
 
 
 # --- the split --------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""model/deconvnet.py: hand-computed cases, the autograd definition, the seed's bugs, modes and errors."""
+"""model/deconvnet.py: hand-computed cases, the autograd definition, the original notebook's bugs, modes and errors."""
 
 from __future__ import annotations
 
@@ -262,7 +262,7 @@ def test_deconvnet_equals_autograd_with_deconv_relu(traced, layer):
             assert rel_err(got.images[n * K_TOP + j], grads[2 + j, n]) <= 1e-5, (n, j)
 
 
-# --- (d) the seed's bugs, pinned as absent -----------------------------------------------------------------------
+# --- (d) the original notebook's bugs, pinned as absent ---------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def model() -> VGG:
@@ -279,7 +279,8 @@ def forward(model) -> tuple[torch.Tensor, Features]:
 
 def test_filters_not_swapped(model, forward):
     # Our deconv is conv_transpose2d with the forward weight, i.e. a conv with the kernel flipped in both axes and
-    # the channel axes swapped; the seed transposed H and W instead, which differs for any non-symmetric kernel.
+    # the channel axes swapped; the original notebook transposed H and W instead, which differs for any
+    # non-symmetric kernel.
     g = torch.Generator().manual_seed(2)
     w = torch.randn(5, 4, 3, 3, generator=g)
     x = torch.randn(1, 5, 6, 7, generator=g)

@@ -10,19 +10,19 @@ import pytest
 from demo.display import (
     GREY,
     NORMS,
+    GridLayout,
     feature_grid,
     grid,
     map_image,
     merge_channels,
     normalize,
     reconstruction_image,
-    support_box,
     tile_images,
 )
 
 
 def test_minmax_uses_the_maps_own_minimum_when_it_is_above_zero():
-    """The seed's bug: a map living in [5, 6] must still span black to white."""
+    """The original notebook's bug: a map living in [5, 6] must still span black to white."""
     x = 5.0 + np.linspace(0.0, 1.0, 11, dtype=np.float32).reshape(1, 11)
     img, flat = map_image(x, "minmax")
     assert not flat
@@ -95,9 +95,9 @@ def test_feature_grid_normalises_each_channel_alone_and_flags_dead_ones():
     a[0] = np.arange(12).reshape(3, 4)
     a[1] = 1000.0 * np.arange(12).reshape(3, 4)  # same picture as channel 0, 1000x larger
     a[3] = 7.0  # constant
-    img, flags = feature_grid(a, min_tile=8, gap=1, columns=3)
     factor = 2  # tiles enlarged from 4 to 8 px wide
     th, tw = 3 * factor, 4 * factor
+    img, flags, layout = feature_grid(a, "minmax", GridLayout(channels=5, columns=3, tile_h=th, tile_w=tw, gap=1))
     assert img.shape == (2 * th + 1, 3 * tw + 2, 3)
     np.testing.assert_array_equal(flags, [False, False, True, True, True])
     tile = lambda i: img[(i // 3) * (th + 1) : (i // 3) * (th + 1) + th, (i % 3) * (tw + 1) : (i % 3) * (tw + 1) + tw]
@@ -126,10 +126,3 @@ def test_grid_and_tiles_with_captions():
         tile_images(pictures, ["one caption"])
 
 
-def test_support_box():
-    x = np.zeros((3, 10, 12), dtype=np.float32)
-    assert support_box(x) is None
-    x[1, 2, 3] = -1.0
-    x[2, 6, 8] = 0.5
-    assert support_box(x) == (2, 7, 3, 9)
-    assert support_box(x, margin=3) == (0, 10, 0, 12)

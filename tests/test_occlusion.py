@@ -1,4 +1,4 @@
-"""Occlusion sensitivity (demo/occlusion.py) on the tiny random-weight model: every map entry is one forward
+"""Occlusion sensitivity (demo/analyses/occlusion.py) on the tiny random-weight model: every map entry is one forward
 pass of the image with the grey square at that place, built here by hand."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, TINY_SIZE, make_image
 
-from demo import occlusion
+from demo.analyses import occlusion
 from demo.preprocess import deprocess, load_image, preprocess
 from model import spec
 

@@ -120,5 +120,5 @@ def test_preprocess_reads_files_and_rejects_non_images(tmp_path):
     np.testing.assert_allclose(preprocess(path, S, MEAN, STD), preprocess(Image.open(path), S, MEAN, STD))
     bad = tmp_path / "b.jpg"
     bad.write_bytes(b"not an image")
-    with pytest.raises(ImageError, match="b.jpg: not an image"):
+    with pytest.raises(ImageError, match="b.jpg: the file is not a picture"):
         load_image(bad)

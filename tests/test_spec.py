@@ -86,7 +86,7 @@ def test_switch_convention_and_names():
 
 
 def test_preprocessing_is_rgb_imagenet():
-    # RGB order (the seed fed BGR): the red channel's mean comes first.
+    # RGB order (the original notebook fed BGR): the red channel's mean comes first.
     assert spec.MEAN == (0.485, 0.456, 0.406)
     assert spec.STD == (0.229, 0.224, 0.225)
     assert len(spec.CAT12_BREEDS) == spec.NUM_CLASSES == 12

@@ -1,4 +1,5 @@
-"""model/train.py: a whole tiny run, exact resume in fresh processes, atomic checkpoints, the CLI and torchrun.
+"""model.train / model.loop / model.checkpoint: a whole tiny run, exact resume in fresh processes, atomic
+checkpoints, the command line and torchrun.
 
 Everything trains on 12 generated 48 x 40 images of 3 classes at 32 x 32 pixels, a couple of steps per epoch.
 """
@@ -20,14 +21,17 @@ import pytest
 import torch
 from PIL import Image
 
-import model.train as train_module
-from model.train import TrainConfig, build_parser, parse_args, save_atomic, train
+import model.checkpoint as checkpoint_module
+import model.loop as loop_module
+from demo.cli import UsageError
+from model.checkpoint import resolve_resume, save_checkpoint
+from model.train import TrainConfig, build_parser, parse_args, parse_command_line, train
 from model.vgg import VGG, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKPOINT_KEYS = {"model", "model_config", "optimizer", "scheduler", "epoch", "config", "class_names", "input_size",
-                   "val_acc", "best_acc", "history", "rng"}
-METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+CHECKPOINT_KEYS = {"model", "ema", "model_config", "optimizer", "scheduler", "epoch", "config", "class_names",
+                   "input_size", "val_acc", "best_acc", "history", "rng"}
+METRIC_COLUMNS = ["epoch", "size", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
 # The tiny recipe: 12 images -> 9 train / 3 validation (one per class), batch 4 -> 2 steps per epoch.
 TINY = ["--image-size", "32", "--batch-size", "4", "--threads", "1"]
 
@@ -92,7 +96,7 @@ def read_metrics(out: Path) -> tuple[list[str], list[dict]]:
 
 def test_tiny_run_writes_metrics_curves_checkpoints_and_evolution(tiny_data, tmp_path, one_thread):
     out = tmp_path / "run"
-    # The background run's recipe (batch norm, AdamW, one-cycle, smoothing, dropout, bfloat16), scaled down.
+    # The default model's recipe (batch norm, AdamW, one-cycle, smoothing, dropout, bfloat16), scaled down.
     config = TrainConfig(data=str(tiny_data), out=str(out), epochs=2, batch_size=4, image_size=32, workers=0,
                          snapshot_every=1, probe=[str(tiny_data / "probe.png")], batch_norm=True, optimizer="adamw",
                          lr=2e-3, weight_decay=0.05, schedule="onecycle", label_smoothing=0.1, dropout=0.3, amp=True,
@@ -114,7 +118,8 @@ def test_tiny_run_writes_metrics_curves_checkpoints_and_evolution(tiny_data, tmp
     assert set(last) == CHECKPOINT_KEYS and set(best) == CHECKPOINT_KEYS
     assert last["epoch"] == 2 and last["input_size"] == 32
     assert last["config"] == dataclasses.asdict(config)
-    assert last["class_names"] == ["class 0", "class 1", "class 2"]
+    assert last["class_names"] == ["class_0", "class_1", "class_2"]
+    assert last["ema"] is None and all(int(r["size"]) == 32 for r in rows)
     assert [h["epoch"] for h in last["history"]] == [1, 2]
     assert set(last["rng"]) == {"torch", "python"} and last["rng"]["torch"].dtype == torch.uint8
     assert last["optimizer"]["state"] and last["optimizer"]["param_groups"][0]["lr"] == pytest.approx(row["lr"])
@@ -123,7 +128,7 @@ def test_tiny_run_writes_metrics_curves_checkpoints_and_evolution(tiny_data, tmp
     assert best["epoch"] == max(last["history"], key=lambda h: h["val_acc"])["epoch"]
 
     model, meta = load_model(out / "last.pt")
-    assert isinstance(model, VGG) and model.batch_norm and meta["epoch"] == 2
+    assert isinstance(model, VGG) and model.batch_norm and meta["epoch"] == 2 and meta["weights"] == "raw"
     assert not any(k in meta for k in ("model", "optimizer", "rng"))
     fresh = VGG(**last["model_config"])
     assert not torch.equal(fresh.convs["conv1_1"].weight, model.convs["conv1_1"].weight)  # it trained
@@ -131,7 +136,10 @@ def test_tiny_run_writes_metrics_curves_checkpoints_and_evolution(tiny_data, tmp
         assert torch.isfinite(model(torch.randn(2, 3, 32, 32))).all()
 
     snapshots = sorted(p.name for p in (out / "evolution").iterdir())
-    assert snapshots == ["epoch_000.png", "epoch_001.png", "epoch_002.png"]
+    assert snapshots == [f"epoch_00{e}.{kind}" for e in range(3) for kind in ("png", "pt")]
+    early, early_meta = load_model(out / "evolution" / "epoch_001.pt")  # an early model, for python -m export
+    assert early_meta["epoch"] == 1 and early_meta["input_size"] == 32
+    assert not torch.equal(early.convs["conv1_1"].weight, model.convs["conv1_1"].weight)
     with Image.open(out / "evolution" / "epoch_002.png") as grid:
         assert grid.width > 3 * grid.height  # one row for the probe, a column for each of the 13 layers
     assert not list(out.glob("*.tmp"))
@@ -152,7 +160,7 @@ class Killed(Exception):
 
 def killed_at_epoch_2(monkeypatch) -> None:
     """Make the next train() die at the start of epoch 2's training pass (after epoch 1's checkpoints)."""
-    real, calls = train_module.run_epoch, []
+    real, calls = loop_module.run_epoch, []
 
     def run_epoch(*args, **kwargs):
         calls.append(1)
@@ -160,7 +168,7 @@ def killed_at_epoch_2(monkeypatch) -> None:
             raise Killed
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "run_epoch", run_epoch)
+    monkeypatch.setattr(loop_module, "run_epoch", run_epoch)
 
 
 def assert_same_training_state(a: dict, b: dict) -> None:
@@ -186,10 +194,11 @@ def resume_in_fresh_process(out: Path, *extra: str) -> None:
 def test_one_epoch_then_resume_equals_two_epochs_straight(tiny_data, tmp_path, one_thread):
     """1 epoch, then ``--resume --epochs 2`` in a fresh process, gives exactly the weights of 2 epochs straight (CPU).
 
-    SGD (the seed's optimizer) with batch norm, dropout and augmentation on, one data-loading worker: every random
-    draw (crops, flips, jitter, dropout, batch order, worker seeds) and every state (BN statistics, momentum) must
-    come back from last.pt. The straight run and the first half run in this process, the resume in a fresh one
-    that is given only the run folder and the machine set-up, so nothing can leak through memory or the flags.
+    SGD (the original PaddlePaddle notebook's optimizer) with batch norm, dropout and augmentation on, one
+    data-loading worker: every random draw (crops, flips, jitter, dropout, batch order, worker seeds) and every
+    state (BN statistics, momentum) must come back from last.pt. The straight run and the first half run in this
+    process, the resume in a fresh one that is given only the run folder and the machine set-up, so nothing can
+    leak through memory or the flags.
     """
     sgd = dict(data=str(tiny_data), image_size=32, batch_size=4, workers=1, snapshot_every=0, batch_norm=True,
                dropout=0.3, threads=one_thread)
@@ -202,7 +211,7 @@ def test_one_epoch_then_resume_equals_two_epochs_straight(tiny_data, tmp_path, o
 
 
 def test_a_killed_run_resumes_exactly(tiny_data, tmp_path, monkeypatch, one_thread):
-    """The background run's recipe (AdamW, one-cycle schedule, label smoothing), killed during epoch 2 and resumed
+    """The default model's recipe (AdamW, one-cycle schedule, label smoothing), killed during epoch 2 and resumed
     in a fresh process with nothing but ``--out --resume``, ends exactly where the uninterrupted run does."""
     recipe = dict(data=str(tiny_data), image_size=32, batch_size=4, workers=0, snapshot_every=0, batch_norm=True,
                   dropout=0.3, optimizer="adamw", lr=2e-3, weight_decay=0.05, schedule="onecycle",
@@ -220,32 +229,43 @@ def test_a_killed_run_resumes_exactly(tiny_data, tmp_path, monkeypatch, one_thre
 
 @pytest.fixture
 def saved_run(tmp_path) -> tuple[Path, TrainConfig]:
-    """A run folder whose last.pt holds only a config (enough for the command line and the schedule check)."""
+    """A run folder whose last.pt holds a config and stand-ins for the weights (enough for resolve_resume)."""
     saved = TrainConfig(data=str(tmp_path / "somewhere"), out="elsewhere", epochs=3, lr=0.05, image_size=64,
                         schedule="onecycle", workers=3)
     (tmp_path / "run").mkdir()
-    torch.save({"config": dataclasses.asdict(saved)}, tmp_path / "run" / "last.pt")
+    torch.save({"config": dataclasses.asdict(saved), "model": {}, "model_config": {}, "epoch": 1},
+               tmp_path / "run" / "last.pt")
     return tmp_path / "run", saved
+
+
+def resolved(argv: list[str]) -> TrainConfig:
+    """The config a command line runs with: parsed, then merged with the run's saved settings (one read)."""
+    return resolve_resume(*parse_command_line(argv))[0]
 
 
 def test_resume_takes_the_runs_settings_unless_overridden(saved_run):
     run, saved = saved_run
-    config = parse_args(["--out", str(run), "--resume"])
+    config = resolved(["--out", str(run), "--resume"])
     assert config == dataclasses.replace(saved, out=str(run), resume=True)  # not TrainConfig's defaults
-    config = parse_args(["--out", str(run), "--resume", "--epochs", "3", "--workers", "0", "--device", "cpu",
-                         "--lr", "0.05"])  # the same --lr as saved is fine
+    config = resolved(["--out", str(run), "--resume", "--epochs", "3", "--workers", "0", "--device", "cpu",
+                       "--lr", "0.05"])  # the same --lr as saved is fine
     assert (config.epochs, config.workers, config.device, config.lr, config.data) == (3, 0, "cpu", 0.05, saved.data)
 
 
-def test_resume_refuses_changed_settings(saved_run, capsys):
+def test_resume_reads_last_pt_once(saved_run, monkeypatch):
     run, _ = saved_run
-    with pytest.raises(SystemExit) as error:
-        parse_args(["--out", str(run), "--resume", "--lr", "0.1", "--image-size", "32"])
-    assert error.value.code == 2
-    assert "--image-size, --lr" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        parse_args(["--out", str(run / "nothing-here"), "--resume"])
-    assert "does not exist" in capsys.readouterr().err
+    reads, real = [], torch.load
+    monkeypatch.setattr(checkpoint_module.torch, "load", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+    config, state = resolve_resume(*parse_command_line(["--out", str(run), "--resume"]))
+    assert reads == [run / "last.pt"] and state["epoch"] == 1 and config.resume
+
+
+def test_resume_refuses_changed_settings(saved_run):
+    run, _ = saved_run
+    with pytest.raises(UsageError, match="--image-size, --lr differ"):
+        resolved(["--out", str(run), "--resume", "--lr", "0.1", "--image-size", "32"])
+    with pytest.raises(UsageError, match="does not exist"):
+        resolved(["--out", str(run / "nothing-here"), "--resume"])
 
 
 def test_resume_cannot_stretch_a_schedule(saved_run):
@@ -256,9 +276,9 @@ def test_resume_cannot_stretch_a_schedule(saved_run):
 
 # --- atomic checkpoints -----------------------------------------------------------------------------------------
 
-def test_save_atomic_writes_a_temporary_file_then_renames_it(tmp_path, monkeypatch):
+def test_save_checkpoint_writes_a_temporary_file_then_renames_it(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    save_atomic({"epoch": 1, "w": torch.zeros(3)}, path)
+    save_checkpoint({"epoch": 1, "w": torch.zeros(3)}, path)
     renames = []
     real_replace = os.replace
 
@@ -269,7 +289,7 @@ def test_save_atomic_writes_a_temporary_file_then_renames_it(tmp_path, monkeypat
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", spy)
-    save_atomic({"epoch": 2, "w": torch.ones(3)}, path)
+    save_checkpoint({"epoch": 2, "w": torch.ones(3)}, path)
     assert len(renames) == 1
     src, dst, new_epoch, old_epoch = renames[0]
     assert dst == path and src != path and src.parent == path.parent  # same folder: the rename is atomic
@@ -278,17 +298,17 @@ def test_save_atomic_writes_a_temporary_file_then_renames_it(tmp_path, monkeypat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary file left
 
 
-def test_save_atomic_failing_mid_write_keeps_the_old_file(tmp_path, monkeypatch):
+def test_save_checkpoint_failing_mid_write_keeps_the_old_file(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    save_atomic({"epoch": 1}, path)
+    save_checkpoint({"epoch": 1}, path)
 
     def broken_save(obj, f):
-        f.write(b"PK\x03\x04 half a checkpoint")
+        Path(f).write_bytes(b"PK\x03\x04 half a checkpoint")
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(train_module.torch, "save", broken_save)
+    monkeypatch.setattr(checkpoint_module.torch, "save", broken_save)
     with pytest.raises(OSError, match="No space left"):
-        save_atomic({"epoch": 2}, path)
+        save_checkpoint({"epoch": 2}, path)
     monkeypatch.undo()
     assert load(path)["epoch"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
@@ -298,15 +318,16 @@ KILLED_MID_WRITE = """
 import os, signal, sys
 from pathlib import Path
 import torch
-import model.train as t
+import model.checkpoint as t
 path = Path(sys.argv[1])
-t.save_atomic({"epoch": 1, "w": torch.arange(4.0)}, path)
+t.save_checkpoint({"epoch": 1, "w": torch.arange(4.0)}, path)
 def dying_save(obj, f):
-    f.write(b"PK\\x03\\x04" + bytes(100_000))
-    f.flush()
-    os.kill(os.getpid(), signal.SIGKILL)  # killed half-way through writing epoch 2's checkpoint
+    with open(f, "wb") as out:
+        out.write(b"PK\\x03\\x04" + bytes(100_000))
+        out.flush()
+        os.kill(os.getpid(), signal.SIGKILL)  # killed half-way through writing epoch 2's checkpoint
 t.torch.save = dying_save
-t.save_atomic({"epoch": 2, "w": torch.zeros(4)}, path)
+t.save_checkpoint({"epoch": 2, "w": torch.zeros(4)}, path)
 """
 
 
@@ -335,7 +356,7 @@ def test_command_line_fills_the_config():
                          "--batch-norm", "--no-augment", "--image-size", "96", "--probe", "a.png", "b.png"])
     assert config == TrainConfig(data="d", out="o", epochs=3, batch_size=8, lr=0.1, batch_norm=True, augment=False,
                                  image_size=96, probe=["a.png", "b.png"])
-    assert parse_args([]) == TrainConfig()  # the seed's recipe by default
+    assert parse_args([]) == TrainConfig()  # the original PaddlePaddle notebook's recipe by default
     assert (TrainConfig().optimizer, TrainConfig().lr, TrainConfig().batch_size, TrainConfig().epochs,
             TrainConfig().image_size) == ("sgd", 0.01, 32, 40, 224)
 
@@ -357,6 +378,7 @@ def test_bad_options_are_refused(argv, capsys):
 
 def test_parser_defaults_are_the_configs():
     defaults = vars(build_parser().parse_args([]))
+    assert defaults.pop("debug") is False
     assert defaults == dataclasses.asdict(TrainConfig())
 
 

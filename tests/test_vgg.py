@@ -101,7 +101,7 @@ def test_forward_all_shapes(model, size, out_32x48, x_32x48):
 
 
 def plain_vgg(model: VGG) -> nn.Sequential:
-    """The seed's VGG16 feature stack as a plain nn.Sequential, with ``model``'s weights copied by name."""
+    """The original notebook's VGG16 feature stack as a plain nn.Sequential, with ``model``'s weights copied by name."""
     state = model.state_dict()
     layers: list[nn.Module] = []
     for item in PLAIN_CFG:

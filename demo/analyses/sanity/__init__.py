@@ -1,0 +1,73 @@
+"""``python -m demo.sanity``: the sanity checks for saliency maps of Adebayo et al. on the deconvnet's projections.
+
+    python -m demo.sanity cat.jpg --out out/sanity
+    python -m demo.sanity cat.jpg --target class --mode both --out out/sanity
+    python -m demo.sanity cat.jpg --target conv5_3/85 --rules guided,gradient --seed 1 --out out/sanity
+
+Adebayo, Gilmer, Muelly, Goodfellow, Hardt & Kim, *Sanity Checks for Saliency Maps*, NeurIPS 2018
+(arXiv 1810.03292): a map that explains what a network learned must change when the learned weights are replaced
+by random ones, and a class's map must depend on the class. Computed here on the ONNX model, without torch, for
+each backward rule (``model.spec.RULES``: deconvnet, guided, gradient) and one target.
+
+**Model randomization.** A layer is re-drawn from the distribution training initialises it with
+(``model.vgg.VGG._init_weights``): a conv weight (C_out, C_in, 3, 3) ~ N(0, 2 / (9 C_out)) (Kaiming normal, mode
+fan_out, ReLU gain), a Linear weight ~ N(0, 0.01^2), every bias 0. Batch norm is folded into the exported convs,
+so the folded weight is re-drawn and its bias set to 0 (a randomized conv has no batch norm). ``"head"`` is the
+class head's Linear layers, all of them together. The draws are seeded per layer: layer i of ``ORDER`` comes from
+``np.random.default_rng((seed, i))``, the same arrays in every step and both modes.
+
+- cascading: step 0 is the trained model; step k randomizes the first k layers of ``ORDER`` = (head, conv5_3,
+  conv5_2, ..., conv1_1), from the top down: 14 steps, the last one with every layer random;
+- independent: step k randomizes only layer k of ``ORDER``, the others trained (step 0: the trained model).
+
+The randomized network runs in onnxruntime: a session on the same .onnx file whose weight and bias initializers
+(found by following the Conv, Gemm and MatMul inputs of the graph through Identity nodes) are overridden with
+``SessionOptions.add_initializer``; no re-export. onnxruntime's ``NchwcTransformer`` is disabled in these sessions:
+it copies the file's own conv weights into re-ordered initializers and so silently ignores the overrides
+(measured with onnxruntime 1.31; a randomized forward pass identical to the trained one raises RuntimeError).
+Step 0 runs in a session of the same settings, so that the layers a step leaves trained compute bit for bit
+what they compute at step 0. The NumPy deconvnet (``demo.deconv_numpy.Deconvnet``) projects with the same
+randomized conv weights, and class targets go through the same randomized head.
+
+**Targets** (``--target``):
+
+- ``conv5_3`` (any conv layer): the whole-layer projection (``Deconvnet.project``, mode "layer");
+- ``conv5_3/85``: channel 85's strongest activation projected alone (mode "channel"), in each step the strongest
+  activation of that channel in that step's own forward pass;
+- ``class``: the logit (before softmax) of the class the trained model ranks first, projected with
+  ``Deconvnet.project_class``; ``class/3`` or ``class/Bengal``: that class. The same class index in every step.
+
+**An exact shortcut.** A conv target's projection reads the activations and switches at and below its layer,
+which depend only on the weights at and below it, and the weights at and below it: randomizing the head or a conv
+above the target changes none of these numbers. Such steps reuse the trained maps (similarity exactly 1) and cost
+no forward pass. A class target depends on every layer; nothing is reused for it.
+
+**Similarity** of a step's map p to the trained model's map q (same target, rule and input; both (3, H, W)):
+
+- ``spearman_abs``: Spearman's rank correlation (``scipy.stats.spearmanr``, ties ranked by their mean) of |p|
+  and |q|, flattened (3 H W values each);
+- ``spearman``: the same of the signed values;
+- ``ssim``: ``skimage.metrics.structural_similarity`` of m(p) and m(q), data_range 1, skimage's defaults (7x7
+  uniform window), where m(p) = sum_c |p_c| / max_(y, x) sum_c |p_c| is the (H, W) map in [0, 1] (all zero stays
+  zero).
+
+Identical maps score exactly 1 (scipy's rank correlation of an array with itself can round to 1 - 1e-16). A
+constant map has no rank correlation: NaN.
+
+**Class sensitivity** (on the trained model): for each rule, the similarity (the same three numbers) between the
+class projection of the trained model's top-1 class and that of each other class. A map that does not depend on
+the class scores 1 for every class; the summary reports the mean over the other classes.
+
+Writes into DIR: ``sanity.csv`` (columns mode, step, randomized, rule, spearman_abs, spearman, ssim: one row per
+mode, step and rule; ``randomized`` the randomized layers joined by "+", "none" at step 0), ``sanity_classes.csv``
+(rule, class, name, spearman_abs, spearman, ssim; the top-1 class's row is 1), ``sanity_filmstrip.png`` (rows:
+rules; columns: steps; each tile a map normalised by ``demo.display``, captioned with its spearman_abs),
+``sanity_filmstrip_independent.png`` (with ``--mode both``), ``sanity_curves.png`` (similarity against step, one
+panel per metric, one line per rule and mode; and the class sensitivity), ``sanity.png`` (filmstrip above
+curves), ``sanity.npz`` (the input and every map, float32 (3, H, W), keyed ``MODE/STEP/RULE``).
+
+The package: ``randomize`` (the graph's parameter slots, the seeded draws, the onnxruntime session with overridden
+initializers, the randomized deconvnet), ``measure`` (targets, projections, similarity, the cascading and
+independent runs, the class sensitivity, the result), ``figure`` (filmstrip, curves, stack), ``view`` (the app's
+view and the Markdown summary), ``cli`` (the command).
+"""

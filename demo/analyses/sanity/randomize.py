@@ -1,0 +1,302 @@
+"""The randomized models of the sanity checks: where each layer's parameters live in the ONNX graph, the seeded
+re-draws from training's initial distribution, an onnxruntime session whose initializers are overridden with them
+(``NchwcTransformer`` disabled), and the NumPy deconvnet on the same randomized weights."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from demo.deconv_kernels import DeconvWeight, prepare_weight
+from demo.deconv_numpy import Deconvnet
+from demo.head_numpy import Head
+from demo.onnx_forward import OnnxModel, session_options
+from model.spec import CONV_LAYERS, INPUT_NAME, OUTPUT_NAMES, PROBS_NAME
+
+HEAD = "head"  # the class head's Linear layers, randomized together
+ORDER: tuple[str, ...] = (HEAD, *reversed(CONV_LAYERS))  # cascading order, top down: head, conv5_3, ..., conv1_1
+LINEAR_STD = 0.01  # std of a randomized Linear weight (model.vgg: normal(0, 0.01))
+DISABLED_OPTIMIZERS = ("NchwcTransformer",)  # ignores add_initializer's overrides (onnxruntime 1.31)
+
+Forward = tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]  # probs (N, K), activations, switches
+
+
+def conv_std(c_out: int) -> float:
+    """Std of a randomized conv weight with ``c_out`` output channels: Kaiming normal, fan_out = 9 c_out, ReLU gain."""
+    return math.sqrt(2.0 / (9 * c_out))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Where the parameters live in the graph
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One initializer of the graph holding a parameter: its value is ``(p.T if transpose else p) / scale`` for the
+    parameter p as the project stores it (conv weight (C_out, C_in, 3, 3), Linear weight (out, in), bias (out,))."""
+
+    name: str
+    shape: tuple[int, ...]
+    transpose: bool = False
+    scale: float = 1.0
+
+    def value(self, parameter: np.ndarray) -> np.ndarray:
+        """``parameter`` in the initializer's layout, float32 of ``shape``."""
+        p = np.asarray(parameter, dtype=np.float32)
+        p = (p.T if self.transpose else p) / np.float32(self.scale)
+        return np.ascontiguousarray(np.broadcast_to(p, self.shape) if p.size == 1 else p.reshape(self.shape),
+                                    dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class LayerSlots:
+    """The initializers of one conv or Linear layer: weight, and bias (None when the node has none)."""
+
+    weight: Slot
+    bias: Slot | None
+
+
+class _Graph:
+    """Name lookups in a graph: initializers by name, nodes by the tensor they produce."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.graph = graph
+        self.inits = {init.name: init for init in graph.initializer}
+        self.producer = {out: node for node in graph.node for out in node.output}
+
+    def initializer(self, name: str) -> str | None:
+        """The initializer behind tensor ``name`` (through Identity nodes); None when a node computes it.
+
+        Raises ValueError when a Constant node holds it: a session cannot override that."""
+        seen: set[str] = set()
+        while name not in self.inits:
+            node = self.producer.get(name)
+            if node is None or name in seen:
+                return None
+            if node.op_type == "Constant":
+                raise ValueError(f"parameter {name!r} is a Constant node, not an initializer: onnxruntime cannot "
+                                 "override it; export the model with `python -m export`")
+            if node.op_type != "Identity":
+                return None
+            seen.add(name)
+            name = node.input[0]
+        return name
+
+    def slot(self, tensor: str, transpose: bool = False, scale: float = 1.0) -> Slot | None:
+        name = self.initializer(tensor)
+        if name is None:
+            return None
+        init = self.inits[name]
+        if init.data_type != onnx.TensorProto.FLOAT:
+            raise ValueError(f"initializer {name!r} is not float32: cannot randomize it")
+        return Slot(name, tuple(int(d) for d in init.dims), transpose, float(scale))
+
+
+def graph_slots(proto: onnx.ModelProto) -> dict[str, list[LayerSlots]]:
+    """The initializers of every layer ``ORDER`` names: {conv name: [its LayerSlots], "head": [one per Linear]}.
+
+    Conv nodes in graph order are conv1_1 ... conv5_3 (the exporter writes them in execution order); the head's
+    Linear layers are the Gemm nodes, and MatMul nodes (with the Add that takes their output as bias), after the
+    last Conv whose B input is a 2-D initializer, as ``demo.onnx_forward.head_weights`` reads them.
+    """
+    g = _Graph(proto.graph)
+    nodes = list(proto.graph.node)
+    convs = [n for n in nodes if n.op_type == "Conv"]
+    if len(convs) != len(CONV_LAYERS):
+        raise ValueError(f"expected {len(CONV_LAYERS)} Conv nodes (VGG16), found {len(convs)}")
+    slots: dict[str, list[LayerSlots]] = {}
+    for name, node in zip(CONV_LAYERS, convs, strict=True):
+        weight = g.slot(node.input[1])
+        if weight is None:
+            raise ValueError(f"{name}: the Conv weight is computed by the graph, not an initializer")
+        bias = g.slot(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        slots[name] = [LayerSlots(weight, bias)]
+    start = nodes.index(convs[-1]) + 1
+    head: list[LayerSlots] = []
+    for node in nodes[start:]:
+        if node.op_type not in ("Gemm", "MatMul"):
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Gemm":
+            if attrs.get("transA", 0):
+                raise ValueError(f"Gemm {node.name!r} with transA is not a Linear layer of a VGG head")
+            weight = g.slot(node.input[1], transpose=not attrs.get("transB", 0), scale=attrs.get("alpha", 1.0))
+            bias = (g.slot(node.input[2], scale=attrs.get("beta", 1.0))
+                    if len(node.input) > 2 and node.input[2] else None)
+        else:
+            weight, bias = g.slot(node.input[1], transpose=True), None
+            for add in (n for n in nodes if n.op_type == "Add" and node.output[0] in n.input):
+                other = next(i for i in add.input if i != node.output[0])
+                bias = g.slot(other) or bias
+        if weight is None or len(weight.shape) != 2:
+            continue  # a MatMul by a computed matrix (the adaptive average pool): not a Linear layer
+        head.append(LayerSlots(weight, bias))
+    if not head:
+        raise ValueError("no Linear layer (Gemm or MatMul by an initializer) after the last Conv")
+    slots[HEAD] = head
+    names = [s.name for layer in slots.values() for ls in layer for s in (ls.weight, ls.bias) if s is not None]
+    if len(set(names)) != len(names):
+        raise ValueError("two layers share an initializer: they cannot be randomized one at a time")
+    return slots
+
+
+_SLOTS: dict[tuple[str, int, int], dict[str, list[LayerSlots]]] = {}  # by (path, size, mtime): graphs parsed once
+
+
+def model_slots(model: OnnxModel) -> dict[str, list[LayerSlots]]:
+    """``graph_slots`` of ``model``'s file, parsed once per file version; checked against its weights and head."""
+    stat = Path(model.path).stat()
+    key = (str(Path(model.path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _SLOTS:
+        slots = graph_slots(onnx.load(str(model.path)))
+        for name in CONV_LAYERS:
+            if slots[name][0].weight.shape != model.weights[name].shape:
+                raise ValueError(f"{name}: initializer of shape {slots[name][0].weight.shape}, weight "
+                                 f"{model.weights[name].shape}")
+        expected = [w.shape for w, _ in model.head.linears]
+        found = [tuple(reversed(s.weight.shape)) if s.weight.transpose else s.weight.shape for s in slots[HEAD]]
+        if found != expected:
+            raise ValueError(f"the head's Linear initializers {found} do not match its layers {expected}")
+        _SLOTS[key] = slots
+    return _SLOTS[key]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Randomized models
+
+
+def draw_layer(model: OnnxModel, layer: str, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Fresh parameters of ``layer`` (a conv name or "head"), seeded: [(weight, bias)] float32, one per Linear for
+    the head. Conv weight (C_out, C_in, 3, 3) ~ N(0, conv_std(C_out)^2), Linear weight (out, in) ~ N(0, 0.01^2),
+    biases 0; drawn by ``np.random.default_rng((seed, ORDER.index(layer)))``."""
+    if layer not in ORDER:
+        raise ValueError(f"unknown layer {layer!r}; expected one of {', '.join(ORDER)}")
+    if seed < 0:
+        raise ValueError(f"the seed must be at least 0, got {seed}")
+    rng = np.random.default_rng((seed, ORDER.index(layer)))
+    if layer == HEAD:
+        shapes, stds = [w.shape for w, _ in model.head.linears], [LINEAR_STD] * len(model.head.linears)
+    else:
+        shapes, stds = [model.weights[layer].shape], [conv_std(model.weights[layer].shape[0])]
+    return [(rng.standard_normal(shape, dtype=np.float32) * np.float32(std), np.zeros(shape[0], np.float32))
+            for shape, std in zip(shapes, stds, strict=True)]
+
+
+def override_session(model: OnnxModel, initializers: Mapping[str, np.ndarray]) -> ort.InferenceSession:
+    """A session on ``model``'s file (same providers and threads) whose initializers ``initializers`` (name -> array
+    in the graph's layout) replace the file's; ``NchwcTransformer`` disabled (it would ignore them)."""
+    base = model.session
+    options = session_options(base.get_session_options().intra_op_num_threads)
+    values = {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+              for name, a in initializers.items()}
+    for name, value in values.items():
+        options.add_initializer(name, value)
+    providers = base.get_providers()
+    provider_options = base.get_provider_options()
+    session = ort.InferenceSession(str(model.path), options, providers=providers,
+                                   provider_options=[provider_options.get(p, {}) for p in providers],
+                                   disabled_optimizers=list(DISABLED_OPTIMIZERS))
+    session._overrides = values  # the OrtValues must live as long as the session
+    return session
+
+
+def run_session(session: ort.InferenceSession, image: np.ndarray) -> Forward:
+    """``OnnxModel.run`` on another session of the same graph: probs (N, K), activations, switches."""
+    values = session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(image, dtype=np.float32)})
+    out = dict(zip(OUTPUT_NAMES, values, strict=True))
+    activations = {name: out[name] for name in CONV_LAYERS}
+    switches = {name.removesuffix("_switches"): a for name, a in out.items() if name.endswith("_switches")}
+    return out[PROBS_NAME], activations, switches
+
+
+def _deconvnet(weights: Mapping[str, np.ndarray], layouts: Mapping[str, DeconvWeight]) -> Deconvnet:
+    """``Deconvnet(weights)`` with the transposed-convolution layouts ``layouts`` prepared beforehand (each layer's
+    once per state, trained or random, instead of all 13 per step); tests check it against the constructor."""
+    # The only place that reaches into Deconvnet's private state (``_wmats``, ``_model``, as its __init__ sets
+    # them): replace this body by a public constructor taking prepared layouts once demo.deconv_numpy offers one.
+    net = Deconvnet.__new__(Deconvnet)
+    net.weights = {name: weights[name] for name in CONV_LAYERS}
+    net._wmats = {name: layouts[name] for name in CONV_LAYERS}
+    net._model = None
+    return net
+
+
+class Randomizer:
+    """A trained model and its seeded random re-draws (``draw_layer``), cached per layer: the weights, head,
+    initializer overrides, onnxruntime session and NumPy deconvnet of any set of randomized layers."""
+
+    def __init__(self, model: OnnxModel, seed: int = 0) -> None:
+        if seed < 0:
+            raise ValueError(f"the seed must be at least 0, got {seed}")
+        self.model, self.seed = model, seed
+        self.slots = model_slots(model)
+        self._draws: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        self._layouts: dict[tuple[str, bool], DeconvWeight] = {}  # (layer, randomized) -> layout
+
+    def draws(self, layer: str) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``draw_layer(model, layer, seed)``, drawn once."""
+        if layer not in self._draws:
+            self._draws[layer] = draw_layer(self.model, layer, self.seed)
+        return self._draws[layer]
+
+    @staticmethod
+    def _check(randomized: Sequence[str]) -> None:
+        unknown = [name for name in randomized if name not in ORDER]
+        if unknown:
+            raise ValueError(f"unknown layer(s) {unknown}; expected names from {', '.join(ORDER)}")
+
+    def weights(self, randomized: Sequence[str]) -> dict[str, np.ndarray]:
+        """Conv name -> weight (C_out, C_in, 3, 3): the drawn one for the layers in ``randomized``, else trained."""
+        self._check(randomized)
+        return {n: self.draws(n)[0][0] if n in randomized else self.model.weights[n] for n in CONV_LAYERS}
+
+    def head(self, randomized: Sequence[str]) -> Head:
+        """The class head: drawn Linear layers when ``randomized`` holds "head", else the trained ones."""
+        self._check(randomized)
+        return Head(self.model.head.kind, tuple(self.draws(HEAD))) if HEAD in randomized else self.model.head
+
+    def overrides(self, randomized: Sequence[str]) -> dict[str, np.ndarray]:
+        """Initializer name -> value in the graph's layout for every parameter of the layers in ``randomized``."""
+        self._check(randomized)
+        out: dict[str, np.ndarray] = {}
+        for layer in randomized:
+            for slots, (weight, bias) in zip(self.slots[layer], self.draws(layer), strict=True):
+                out[slots.weight.name] = slots.weight.value(weight)
+                if slots.bias is not None:
+                    out[slots.bias.name] = slots.bias.value(bias)
+        return out
+
+    def session(self, randomized: Sequence[str]) -> ort.InferenceSession:
+        """An onnxruntime session of the model with the layers in ``randomized`` re-drawn (``override_session``)."""
+        return override_session(self.model, self.overrides(randomized))
+
+    def deconvnet(self, randomized: Sequence[str]) -> Deconvnet:
+        """The NumPy deconvnet on ``weights(randomized)``; each layer's transposed-conv layout is prepared once."""
+        weights = self.weights(randomized)
+        for name in CONV_LAYERS:
+            key = (name, name in randomized)
+            if key not in self._layouts:
+                self._layouts[key] = prepare_weight(weights[name])
+        return _deconvnet(weights, {n: self._layouts[(n, n in randomized)] for n in CONV_LAYERS})
+
+    def model_for(self, randomized: Sequence[str]) -> OnnxModel:
+        """A copy of the model with the layers in ``randomized`` re-drawn: its session, ``weights`` and ``head``."""
+        clone = copy.copy(self.model)
+        clone.session = self.session(randomized)
+        clone.weights = self.weights(randomized)
+        clone._head = self.head(randomized)
+        return clone
+
+
+def randomized_model(model: OnnxModel, layers: Sequence[str], seed: int = 0) -> OnnxModel:
+    """``model`` with ``layers`` (conv names and/or "head") re-drawn from training's initial distribution (seeded,
+    see ``draw_layer``), as an ``OnnxModel``: ``run``, ``weights`` and ``head`` all randomized alike."""
+    return Randomizer(model, seed).model_for(layers)
+
