@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from autograd_rules import RELU, conv_forward, rel_err
 from conftest import TINY_SIZE, check_images, random_bn_vgg
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
@@ -29,44 +30,8 @@ from model.deconvnet import adaptive_pool_matrix as torch_adaptive_pool_matrix
 from model.spec import CONV_LAYERS, RELUS, RULES
 from model.vgg import fold_batch_norm
 
-AFTER_POOL = {"conv2_1", "conv3_1", "conv4_1", "conv5_1"}  # written out here for the independent definitions
 REF_TOL, NUMPY_TOL = 1e-5, 1e-4
 CLASSES = [3, 7]  # one class per image
-
-
-def rel_err(a, b) -> float:
-    """||a - b|| / ||b|| (L2 over the whole array), in float64."""
-    a, b = (torch.as_tensor(v).double() for v in (a, b))
-    return float((a - b).norm() / b.norm())
-
-
-class GuidedReLU(torch.autograd.Function):
-    """ReLU forward; backward passes the gradient where it is positive and the ReLU's input was positive."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad * ((grad > 0) & (x > 0))
-
-
-class DeconvReLU(torch.autograd.Function):
-    """ReLU forward; backward is a ReLU of the incoming gradient, whatever the forward input was."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad.clamp(min=0)
-
-
-RELU = {"gradient": F.relu, "guided": GuidedReLU.apply, "deconvnet": DeconvReLU.apply}
 
 
 def autograd_logits(model, x: torch.Tensor, rules: dict[str, str]) -> torch.Tensor:
@@ -74,11 +39,7 @@ def autograd_logits(model, x: torch.Tensor, rules: dict[str, str]) -> torch.Tens
 
     The global max-pool is a max over each flattened plane, whose backward goes to the first maximum only.
     """
-    y = x
-    for name in CONV_LAYERS:
-        if name in AFTER_POOL:
-            y = F.max_pool2d(y, 2, 2)
-        y = RELU[rules[name]](model.convs[name](y))
+    y = conv_forward(model, x, rules)[CONV_LAYERS[-1]]
     if model.head == "gmp":
         return model.classifier[1](y.flatten(2).max(dim=2).values)
     y = F.adaptive_avg_pool2d(F.max_pool2d(y, 2, 2), (7, 7)).flatten(1)

@@ -5,18 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from autograd_rules import AFTER_POOL, conv_forward, one_hot_strongest, rel_err
 
 from model.deconvnet import MODES, Deconvnet, Projection, deconv, project_down, strongest, top_channels, unpool
 from model.spec import CONV_LAYERS
 from model.vgg import VGG, Features
-
-# Written out here (not taken from model/spec.py) for the independent definition below.
-AFTER_POOL = {"conv2_1", "conv3_1", "conv4_1", "conv5_1"}
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||a - b|| / ||b||."""
-    return float((a.double() - b.double()).norm() / b.double().norm())
 
 
 def t(rows: list) -> torch.Tensor:
@@ -153,41 +146,9 @@ def test_deconv_is_the_adjoint_of_the_conv():
 
 # --- (c) the independent definition: autograd with a "deconvnet ReLU" --------------------------------------------
 
-class DeconvReLU(torch.autograd.Function):
-    """ReLU forward; backward is a ReLU of the incoming gradient (not masked by the forward's sign)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad.clamp(min=0)
-
-
 def autograd_forward(model: VGG, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The network written out by hand with DeconvReLU; every conv activation, keyed by name."""
-    acts, y = {}, x
-    for name in CONV_LAYERS:
-        if name in AFTER_POOL:
-            y = F.max_pool2d(y, 2, 2)  # backward: unpool with the argmax
-        y = model.convs[name](y)
-        if model.batch_norm:
-            y = model.bns[name](y)
-        y = DeconvReLU.apply(y)
-        acts[name] = y
-    return acts
-
-
-def one_hot_strongest(a: torch.Tensor, channels: list[int]) -> torch.Tensor:
-    """Per image n, the single largest activation of channel channels[n], every other one zero."""
-    signal = torch.zeros_like(a)
-    for n, c in enumerate(channels):
-        plane = a[n, c]
-        i = int(plane.flatten().argmax())
-        r, col = divmod(i, plane.shape[1])
-        signal[n, c, r, col] = plane[r, col]
-    return signal
+    """The network written out by hand, each ReLU's backward a ReLU of the incoming gradient; conv activations."""
+    return conv_forward(model, x, dict.fromkeys(CONV_LAYERS, "deconvnet"))
 
 
 def random_bn(model: VGG) -> VGG:
@@ -305,7 +266,7 @@ def test_no_relu_after_each_deconv(model, forward):
     for layer in ("conv2_1", "conv5_3"):
         ours = net.project(out.activations, out.switches, layer).images
         assert ours.min() < 0 < ours.max(), layer  # a signed image in input space
-        # The seed: ReLU after each transposed conv, so every map (pixels included) is >= 0.
+        # The original notebook: ReLU after each transposed conv, so every map (pixels included) is >= 0.
         x = out.activations[layer]
         for name in reversed(CONV_LAYERS[: CONV_LAYERS.index(layer) + 1]):
             x = F.relu(deconv(x, net.weights[name]))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from autograd_rules import AFTER_POOL, conv_forward, one_hot_strongest, rel_err
 
 from demo.deconv_numpy import Deconvnet, deconv, project_down, relu_backward, unpool
 from model.deconvnet import Deconvnet as TorchDeconvnet
@@ -24,68 +24,10 @@ from model.spec import CONV_LAYERS, RULES, layer_rules
 from model.vgg import Features, fold_batch_norm
 
 # Written out here (not taken from model/spec.py) for the independent definitions below.
-AFTER_POOL = {"conv2_1", "conv3_1", "conv4_1", "conv5_1"}
 N, K_TOP = 2, 2  # images; top-k channels
 ROWS = 2 + K_TOP  # signal sets per image: layer, channel, k x topk
 REF_TOL, NUMPY_TOL = 1e-5, 1e-4  # relative L2 errors: reference vs autograd, NumPy vs reference
 MIXED = [RULES[i % 3] for i in range(len(CONV_LAYERS))]  # deconvnet, guided, gradient, deconvnet, ... from conv1_1
-
-
-def rel_err(a, b) -> float:
-    """||a - b|| / ||b|| (L2 over the whole array), in float64."""
-    a, b = (torch.as_tensor(v).double() for v in (a, b))
-    return float((a - b).norm() / b.norm())
-
-
-class GuidedReLU(torch.autograd.Function):
-    """ReLU forward; backward passes the gradient where it is positive and the ReLU's input was positive."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad * ((grad > 0) & (x > 0))
-
-
-class DeconvReLU(torch.autograd.Function):
-    """ReLU forward; backward is a ReLU of the incoming gradient, whatever the forward input was."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad.clamp(min=0)
-
-
-RELU = {"gradient": F.relu, "guided": GuidedReLU.apply, "deconvnet": DeconvReLU.apply}
-
-
-def autograd_forward(model, x: torch.Tensor, rules: dict[str, str]) -> dict[str, torch.Tensor]:
-    """The conv part of the network written out by hand, each ReLU backward by its rule; activations by name."""
-    acts, y = {}, x
-    for name in CONV_LAYERS:
-        if name in AFTER_POOL:
-            y = F.max_pool2d(y, 2, 2)  # backward: to the argmax
-        y = RELU[rules[name]](model.convs[name](y))
-        acts[name] = y
-    return acts
-
-
-def one_hot_strongest(a: torch.Tensor, channels: list[int]) -> torch.Tensor:
-    """Per image n, the single largest activation of channel channels[n], every other one zero."""
-    signal = torch.zeros_like(a)
-    for n, c in enumerate(channels):
-        plane = a[n, c]
-        i = int(plane.flatten().argmax())
-        r, col = divmod(i, plane.shape[1])
-        signal[n, c, r, col] = plane[r, col]
-    return signal
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +52,7 @@ def autograd_projections(folded, xs, out: Features, layer: str,
     """Autograd's projections (ROWS, N, 3, H, W) of the modes' signals (layer, channel, topk x K_TOP), the
     channel of "channel" mode and the (N, K_TOP) channels of "topk"."""
     xs = xs.detach().clone().requires_grad_(True)
-    acts = autograd_forward(folded, xs, rules)
+    acts = conv_forward(folded, xs, rules)
     for name, a in acts.items():
         torch.testing.assert_close(a.detach()[:N], out.activations[name], msg=name)
     a = out.activations[layer]
