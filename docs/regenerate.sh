@@ -56,7 +56,9 @@ python -m demo.correspondence --boxes examples/cat12_parts.json --out "$tmp/corr
 cp "$tmp/correspondence/correspondence_chart.png" "$tmp/correspondence/correspondence.csv" docs/
 python -m demo.health --data "$DATA" --out "$tmp/health"
 cp "$tmp/health/health.png" "$tmp/health/conv1_filters.png" "$tmp/health/health.csv" docs/
-# 5. The app's screenshots, in headless Chromium.
+# 5. The app's screenshots, in headless Chromium; the last beside the network with random weights.
 python docs/screenshots.py
+python -m export --random --batch-norm --input-size 112 --out "$tmp/random.onnx"
+python docs/screenshots.py --compare "$tmp/random.onnx"
 chmod 644 docs/*.png docs/*.csv docs/*.txt
 echo "docs/ regenerated from $RUN and models/vgg16_cat12.onnx"

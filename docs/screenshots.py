@@ -2,6 +2,7 @@
 
     python docs/screenshots.py                     # docs/app.png, docs/app_explorer.png, docs/app_sanity.png
     python docs/screenshots.py --model other.onnx --out /tmp/shots
+    python docs/screenshots.py --compare random.onnx         # docs/app_compare.png: two models side by side
 
 Serves the app in-process (as ``python app.py``), opens it in Debian's Chromium with Playwright, clicks the CC0
 cat example, and saves full-page screenshots of "All layers", the layer explorer and the sanity checks.
@@ -43,11 +44,23 @@ def shoot(page, url: str, out: Path) -> None:
     page.screenshot(path=str(out / "app_sanity.png"), full_page=True)
 
 
+def shoot_compare(page, url: str, out: Path) -> None:
+    """Click the cat example and save "All layers" with the compared model's galleries."""
+    page.set_default_timeout(300_000)
+    page.goto(url)
+    page.locator("#examples button:has(img[src*='chelsea'])").click()
+    page.wait_for_function(LOADED, arg=["#compare-gallery", 13])
+    page.wait_for_function("() => !/projecting/.test(document.querySelector('#timings').innerText)")
+    page.screenshot(path=str(out / "app_compare.png"), full_page=True)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(prog="python docs/screenshots.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", metavar="FILE.onnx", help="exported model (default: models/vgg16_cat12.onnx)")
     p.add_argument("--out", default=str(ROOT / "docs"), help="folder for the PNGs (default: docs/)")
+    p.add_argument("--compare", metavar="OTHER.onnx",
+                   help="instead, app_compare.png: All layers of the default model beside OTHER.onnx")
     args = p.parse_args()
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from playwright.sync_api import sync_playwright
@@ -55,16 +68,17 @@ def main() -> int:
     from app import AppConfig, serve
 
     out = Path(args.out)
-    demo, pipeline, url = serve(AppConfig(model=args.model, port=None), block=False)
+    demo, pipeline, url = serve(AppConfig(model=args.model, port=None, compare=args.compare), block=False)
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-            shoot(browser.new_page(viewport={"width": 1400, "height": 1000}), url, out)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            shoot_compare(page, url, out) if args.compare else shoot(page, url, out)
             browser.close()
     finally:
         demo.close()
         pipeline.close()
-    print(f"wrote app.png, app_explorer.png and app_sanity.png to {out}/")
+    print(f"wrote {'app_compare.png' if args.compare else 'app.png, app_explorer.png and app_sanity.png'} to {out}/")
     return 0
 
 
