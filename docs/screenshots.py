@@ -26,13 +26,18 @@ LOADED = """([selector, n]) => {
 }"""
 
 
-def shoot(page, url: str, out: Path) -> None:
-    """Click the cat example and save the three screenshots."""
+def open_cat(page, url: str, gallery: str) -> None:
+    """Load the page, click the cat example and wait until ``gallery`` holds the 13 layers, all computed."""
     page.set_default_timeout(300_000)
     page.goto(url)
     page.locator("#examples button:has(img[src*='chelsea'])").click()
-    page.wait_for_function(LOADED, arg=["#layers-gallery", 13])
+    page.wait_for_function(LOADED, arg=[gallery, 13])
     page.wait_for_function("() => !/projecting/.test(document.querySelector('#timings').innerText)")
+
+
+def shoot(page, url: str, out: Path) -> None:
+    """Click the cat example and save the three screenshots."""
+    open_cat(page, url, "#layers-gallery")
     page.screenshot(path=str(out / "app.png"), full_page=True)
     page.get_by_role("tab", name="Layer explorer").click()
     page.wait_for_function(LOADED, arg=["#topk-gallery", 9])
@@ -46,11 +51,7 @@ def shoot(page, url: str, out: Path) -> None:
 
 def shoot_compare(page, url: str, out: Path) -> None:
     """Click the cat example and save "All layers" with the compared model's galleries."""
-    page.set_default_timeout(300_000)
-    page.goto(url)
-    page.locator("#examples button:has(img[src*='chelsea'])").click()
-    page.wait_for_function(LOADED, arg=["#compare-gallery", 13])
-    page.wait_for_function("() => !/projecting/.test(document.querySelector('#timings').innerText)")
+    open_cat(page, url, "#compare-gallery")
     page.screenshot(path=str(out / "app_compare.png"), full_page=True)
 
 

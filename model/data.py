@@ -10,6 +10,7 @@ Two layouts are read:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 import re
@@ -226,6 +227,14 @@ def class_names_for(data: str, found: list[str] | None, num_classes: int) -> lis
     return default_class_names(num_classes)
 
 
+def shuffle_labels(samples: Sequence[Sample], seed: int) -> list[Sample]:
+    """The same files with their labels randomly permuted among them (seeded): the class counts stay the same, but a
+    label says nothing about its image (the data-randomization test of Adebayo et al. 2018, arXiv 1810.03292)."""
+    labels = [s.label for s in samples]
+    random.Random(f"shuffle-labels-{seed}").shuffle(labels)
+    return [dataclasses.replace(s, label=label) for s, label in zip(samples, labels, strict=True)]
+
+
 def load_data(config: TrainConfig, progress: bool) -> Data:
     """Read and check the labels and images of ``config.data`` (a TrainConfig) and split them.
 
@@ -238,4 +247,6 @@ def load_data(config: TrainConfig, progress: bool) -> Data:
     train_samples, val_samples = split_samples(samples, digests, config.val_fraction, config.seed)
     if config.limit:
         train_samples = random.Random(config.seed).sample(train_samples, min(config.limit, len(train_samples)))
+    if getattr(config, "shuffle_labels", False):
+        train_samples = shuffle_labels(train_samples, config.seed)
     return Data(train_samples, val_samples, class_names_for(config.data, found, num_classes), len(samples))

@@ -70,6 +70,7 @@ class TrainConfig:
     resume: bool = False
     overwrite: bool = False  # a fresh run may replace the run already in --out
     limit: int = 0  # use only the first N training images (quick trials and tests), 0 = all
+    shuffle_labels: bool = False  # permute the training labels (seeded): the data-randomization test's model
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let a fresh run replace the run already in --out (without it, that is refused)")
     p.add_argument("--limit", type=int, default=d.limit,
                    help="train on N training images drawn at random with --seed (0 = all)")
+    p.add_argument("--shuffle-labels", action="store_true",
+                   help="train on randomly permuted labels (seeded by --seed; the validation labels stay true): "
+                        "the model of the data-randomization sanity check (Adebayo et al. 2018)")
     p.add_argument("--debug", action="store_true", help="on an error, also print the Python traceback")
     return p
 

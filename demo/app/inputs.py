@@ -41,8 +41,10 @@ class Upload:
     notes: list[str]  # things the user should know (animation, rotation), one sentence each
 
 
-def _megabytes(n: int) -> str:
-    return f"{n / 2**20:.0f} MB"
+def _for_page(err: images.ImageError) -> InputError:
+    """``model.images``' refusal worded for the page: a capitalised sentence."""
+    text = str(err)
+    return InputError(text[:1].upper() + text[1:] + ("" if text.endswith(("?", ".")) else "."))
 
 
 def _payload_bytes(source: Mapping, limits: images.Limits) -> str | bytes:
@@ -53,8 +55,8 @@ def _payload_bytes(source: Mapping, limits: images.Limits) -> str | bytes:
     if not (isinstance(url, str) and url.startswith("data:")):
         raise InputError(NO_IMAGE)
     header, _, payload = url.partition(",")
-    if len(payload) > limits.max_bytes * 4 // 3 + 4:
-        raise InputError(f"The image is larger than {_megabytes(limits.max_bytes)}.")
+    if len(payload) > limits.max_bytes * 4 // 3 + 4:  # refused before decoding the base64
+        raise _for_page(images.too_large(len(payload) * 3 // 4, limits))
     try:
         return base64.b64decode(payload, validate=True) if ";base64" in header else payload.encode()
     except (binascii.Error, ValueError):
@@ -62,28 +64,25 @@ def _payload_bytes(source: Mapping, limits: images.Limits) -> str | bytes:
 
 
 def read_source(source: Source, limits: images.Limits = UPLOAD_LIMITS) -> bytes:
-    """The bytes of an upload: a file path, raw bytes, or a Gradio file payload; ``InputError`` if unusable."""
+    """The bytes of an upload: a file path, raw bytes, or a Gradio file payload; ``InputError`` if unusable.
+
+    A file above ``limits.max_bytes`` is refused before it is read; the bytes themselves (empty, too large, not an
+    image) are checked by ``decode``.
+    """
     if source is None:
         raise InputError(NO_IMAGE)
     if isinstance(source, Mapping):
         source = _payload_bytes(source, limits)
     if isinstance(source, (bytes, bytearray)):
-        data = bytes(source)
-    else:
-        path = Path(source)
-        try:
-            size = path.stat().st_size
-        except OSError:
-            raise InputError("The uploaded file could not be found; please upload it again.") from None
-        if size > limits.max_bytes:
-            raise InputError(f"The file is {size / 2**20:.1f} MB; the app takes files up to "
-                             f"{_megabytes(limits.max_bytes)}.")
-        data = path.read_bytes()
-    if not data:
-        raise InputError("The file is empty (0 bytes): nothing to show.")
-    if len(data) > limits.max_bytes:
-        raise InputError(f"The image is larger than {_megabytes(limits.max_bytes)}.")
-    return data
+        return bytes(source)
+    path = Path(source)
+    try:
+        size = path.stat().st_size
+    except OSError:
+        raise InputError("The uploaded file could not be found; please upload it again.") from None
+    if size > limits.max_bytes:
+        raise _for_page(images.too_large(size, limits))
+    return path.read_bytes()
 
 
 def decode(data: bytes, limits: images.Limits = UPLOAD_LIMITS, digest: str | None = None) -> Upload:
@@ -92,8 +91,7 @@ def decode(data: bytes, limits: images.Limits = UPLOAD_LIMITS, digest: str | Non
     try:
         decoded = images.decode(data, limits, digest=digest)
     except images.ImageError as err:
-        text = str(err)
-        raise InputError(text[:1].upper() + text[1:] + ("" if text.endswith(("?", ".")) else ".")) from None
+        raise _for_page(err) from None
     return Upload(decoded.image, decoded.digest, decoded.size, decoded.notes)
 
 
@@ -109,25 +107,25 @@ def digest_of(data: bytes) -> str:
 
 # --- the options ---------------------------------------------------------------------------------------------------
 
+def _one_of(value: str, choices, what: str) -> str:
+    if value not in choices:
+        raise InputError(f"Unknown {what} {value!r}; choose one of {', '.join(choices)}.")
+    return value
+
+
 def check_layer(layer: str) -> str:
     """``layer`` when it is a conv layer name, else ``InputError``."""
-    if layer not in CONV_LAYERS:
-        raise InputError(f"Unknown layer {layer!r}; choose one of {', '.join(CONV_LAYERS)}.")
-    return layer
+    return _one_of(layer, CONV_LAYERS, "layer")
 
 
 def check_norm(norm: str) -> str:
     """``norm`` when it is a display normalisation, else ``InputError``."""
-    if norm not in NORMS:
-        raise InputError(f"Unknown normalisation {norm!r}; choose one of {', '.join(NORMS)}.")
-    return norm
+    return _one_of(norm, NORMS, "normalisation")
 
 
 def check_resize(resize: str) -> str:
     """``resize`` when it is a resize mode, else ``InputError``."""
-    if resize not in RESIZE_MODES:
-        raise InputError(f"Unknown resize mode {resize!r}; choose one of {', '.join(RESIZE_MODES)}.")
-    return resize
+    return _one_of(resize, RESIZE_MODES, "resize mode")
 
 
 def whole_number(value, what: str) -> int:
@@ -152,9 +150,7 @@ def check_channel(layer: str, channel, channels: int | None = None) -> int:
 
 def check_rule(rule: str) -> str:
     """``rule`` when it is a backward rule (deconvnet, guided, gradient), else ``InputError``."""
-    if rule not in RULES:
-        raise InputError(f"Unknown backward rule {rule!r}; choose one of {', '.join(RULES)}.")
-    return rule
+    return _one_of(rule, RULES, "backward rule")
 
 
 def check_class(value, class_names: list[str]) -> int:
