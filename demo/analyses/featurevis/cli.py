@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -160,8 +161,10 @@ def run(config: FeaturevisConfig) -> list[Result]:
         print(f"resuming: {len(targets) - len(todo)} of {len(targets)} targets already done", file=sys.stderr)
     results: list[Result] = []
     work = batches(todo, config.batch)
-    with tqdm(total=sum(len(b) for b in work) * settings.steps, unit="step", unit_scale=1, desc="featurevis",
-              file=sys.stderr, disable=None) as bar:
+    logging = not sys.stderr.isatty()  # a log file: a progress line every 30 s, and one per batch
+    started = time.perf_counter()
+    with tqdm(total=sum(len(b) for b in work) * settings.steps, unit="unit-step", desc="featurevis", file=sys.stderr,
+              mininterval=30 if logging else 0.1) as bar:
         for group in work:
             bar.set_postfix_str(f"{group[0].text} .. {group[-1].text}")
             width = len(group)
@@ -169,6 +172,10 @@ def run(config: FeaturevisConfig) -> list[Result]:
             for r in batch_results:
                 write(out, r, record, names)
             results += batch_results
+            if logging:
+                elapsed = time.perf_counter() - started
+                print(f"done {group[0].text} .. {group[-1].text}: {len(results)} of {len(todo)} targets, "
+                      f"{elapsed / len(results):.1f} s per target", flush=True)
     flat = [r.target.text for r in results if r.flat]
     t = vis.timings
     print(f"wrote {len(results)} target(s) to {out}/ (forward {t.forward:.1f} s, backward {t.backward:.1f} s, "
