@@ -419,8 +419,9 @@ def test_explore_and_channel_endpoints(client, cat_png):
     from gradio_client import handle_file
 
     out = client.predict(handle_file(str(cat_png)), "conv4_2", 5, "percentile", "crop", api_name="/explore")
-    grid, merged, topk, number, fmap, projection, crop, patch, caption, summary, timings = out
+    grid, merged, topk, visualized, number, fmap, projection, crop, patch, caption, summary, timings = out
     assert len(topk) == 5 and all(item["caption"].startswith("ch ") for item in topk)
+    assert [item["caption"] for item in visualized] == [f"conv4_2/{item['caption'].split()[1]}" for item in topk]
     assert int(topk[0]["caption"].split()[1]) == number and f"channel {number}" in caption
     assert "conv4_2" in summary and "512 channels" in summary and "deconvnet" in timings
     view = client.predict(handle_file(str(cat_png)), "conv4_2", 17, "minmax", "crop", api_name="/channel")

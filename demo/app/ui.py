@@ -14,10 +14,11 @@ from pathlib import Path
 
 import gradio as gr
 
-from demo.app import paper, tabs, tabs_paper
+from demo.app import paper, tabs, tabs_paper, tabs_units
 from demo.app.inputs import UPLOAD_LIMITS
 from demo.app.pipeline import Pipeline
 from demo.app.text import HOW_TO_READ, INTRO, describe, model_card_markdown
+from demo.app.units import UnitPictures
 from demo.cli import REPO_ROOT
 
 EXAMPLES_DIR = REPO_ROOT / "examples"
@@ -116,10 +117,13 @@ def build_demo(pipeline: Pipeline, concurrency: int = 1, queue_size: int = 64,
                                     elem_id="norm")
                     rule = gr.Radio(RULE_CHOICES, value="deconvnet", label="Backward rule at each ReLU",
                                     elem_id="rule")
-                page = tabs.Page(pipeline, inputs.image, norm, inputs.resize, gr.State("layers"), rule, compare)
+                pictures = UnitPictures(pipeline)
+                page = tabs.Page(pipeline, inputs.image, norm, inputs.resize, gr.State("layers"), rule, compare,
+                                 pictures)
                 with gr.Tabs(elem_id="tabs"):
                     layers = tabs.layers_tab(page, inputs)
                     explorer = tabs.explorer_tab(page)
+                    tabs_units.units_tab(page, pictures, atlas_dir)
                     tabs.classes_tab(page)
                     tabs.rules_tab(page)
                     tabs_paper.occlusion_tab(page)
