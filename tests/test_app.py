@@ -330,7 +330,7 @@ def printed() -> io.StringIO:
 
 @pytest.fixture(scope="module")
 def app(tiny_onnx, printed):
-    with running_app(tiny_onnx, printed) as served:
+    with running_app(tiny_onnx, printed, fv_steps=2, fv_size=32) as served:
         yield served
 
 
@@ -430,6 +430,27 @@ def test_explore_and_channel_endpoints(client, cat_png):
 
     with pytest.raises(AppError, match="channels 0 to 511"):
         client.predict(handle_file(str(cat_png)), "conv4_2", 512, "minmax", "crop", api_name="/channel")
+
+
+def test_unit_page_endpoints(client, cat_png):
+    from gradio_client import handle_file
+
+    out = client.predict(handle_file(str(cat_png)), "conv5_2", 9, "minmax", "crop", "deconvnet", api_name="/unit")
+    picture, caption, projection, into, outs, top9, top9_caption, classes = out
+    assert "conv5_2 channel 9" in caption and "made now (2 steps at 32 px)" in caption
+    assert picture is not None and projection is not None and top9 is None
+    assert [item["caption"].split()[0].split("/")[0] for item in into] == ["conv5_1"] * 6
+    assert [item["caption"].split()[0].split("/")[0] for item in outs] == ["conv5_3"] * 6
+    assert len(classes) == 12
+    again = client.predict(None, "conv5_2", 9, "minmax", "crop", "deconvnet", api_name="/unit")
+    assert "made earlier in this session" in again[1] and again[2] is None
+    sanity = client.predict("conv5_2", 9, api_name="/unit_sanity")
+    assert [item["caption"] for item in sanity] == ["trained", "conv5_3 random", "conv4 and conv5 random",
+                                                    "all random"]
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="channels 0 to 511"):
+        client.predict(None, "conv5_2", 512, "minmax", "crop", "deconvnet", api_name="/unit")
 
 
 def test_no_image_gets_a_message(client):

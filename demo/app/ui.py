@@ -89,12 +89,14 @@ def _input_column(pipeline: Pipeline, examples_dir: Path, compare: Pipeline | No
 
 def build_demo(pipeline: Pipeline, concurrency: int = 1, queue_size: int = 64,
                examples_dir: Path = EXAMPLES_DIR, atlas_dir: str | Path | None = None,
-               compare: Pipeline | None = None, health_dir: str | Path | None = None) -> gr.Blocks:
+               compare: Pipeline | None = None, health_dir: str | Path | None = None,
+               featurevis: tuple[int, int] = (128, 112)) -> gr.Blocks:
     """The app's page for ``pipeline``, queued: at most ``concurrency`` model calls at once, ``queue_size`` waiting.
 
     ``atlas_dir``: a dataset atlas (``python -m demo.mine``) shown in an "Atlas" tab; None: no such tab.
     ``compare``: a second model's pipeline, shown beside the first in "All layers" and the layer explorer.
     ``health_dir``: a ``python -m demo.health`` folder for the "Model health" tab (the conv1 filters are always shown).
+    ``featurevis``: (steps, size) of a feature visualization made on request in the "Units" tab.
 
     API endpoints (gradio_client): ``/analyse`` (image, norm, resize) -> top-5 label, 13 captioned layer images,
     the network's input, the .npz, the timings; ``/explore`` (image, layer, k, norm, resize); ``/channel``
@@ -117,7 +119,7 @@ def build_demo(pipeline: Pipeline, concurrency: int = 1, queue_size: int = 64,
                                     elem_id="norm")
                     rule = gr.Radio(RULE_CHOICES, value="deconvnet", label="Backward rule at each ReLU",
                                     elem_id="rule")
-                pictures = UnitPictures(pipeline)
+                pictures = UnitPictures.with_settings(pipeline, *featurevis)
                 page = tabs.Page(pipeline, inputs.image, norm, inputs.resize, gr.State("layers"), rule, compare,
                                  pictures)
                 with gr.Tabs(elem_id="tabs"):

@@ -68,6 +68,13 @@ class UnitPictures:
         self._lock = threading.Lock()
         self._vis: dict[tuple[str, ...], Visualizer] = {}
 
+    @classmethod
+    def with_settings(cls, pipeline: Pipeline, steps: int, size: int) -> UnitPictures:
+        """Pictures made on request with ``steps`` Adam steps at ``size`` px (ValueError on bad values)."""
+        settings = Settings(steps=steps, size=size)
+        settings.check()
+        return cls(pipeline, settings=settings)
+
     def check(self, layer: str, channel: int | float) -> tuple[str, int]:
         """(layer, channel) validated for this model, else InputError."""
         layer = unit_layer(layer)
