@@ -225,3 +225,16 @@ def test_site_in_a_real_browser(atlas_dir):
             page.wait_for_url("**/atlas/index.html")
         finally:
             browser.close()
+
+
+def test_featurevis_pictures_on_the_channel_pages(atlas_dir, tmp_path):
+    copy = tmp_path / "atlas"
+    shutil.copytree(atlas_dir, copy)
+    pictures = tmp_path / "fv" / "conv1_1"
+    pictures.mkdir(parents=True)
+    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(pictures / "0003.png")
+    site.build_site(copy, bar=False, featurevis=tmp_path / "fv")
+    text = (copy / "conv1_1" / "0003.html").read_text(encoding="utf-8")
+    assert 'src="featurevis/0003.png"' in text and "Feature visualization" in text
+    assert (copy / "conv1_1" / "featurevis" / "0003.png").read_bytes() == (pictures / "0003.png").read_bytes()
+    assert "featurevis/" not in (copy / "conv1_1" / "0004.html").read_text(encoding="utf-8")
