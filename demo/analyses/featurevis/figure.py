@@ -91,12 +91,12 @@ def run(config: FigureConfig) -> None:
         for i, r in enumerate(visualize(random, targets, settings)):
             rows[i].append(to_uint8(r.images[0]))
             values[i].append(r.final)
-    side = max(p.shape[0] for row in rows for p in row)
+    side = 2 * max(p.shape[0] for row in rows for p in row)  # every tile enlarged to about this side
     tiles, captions = [], []
     heads = ["feature visualization", "projection", *(label for label, _ in CASCADE)]
     for t, row, vals in zip(targets, rows, values, strict=True):
         for j, picture in enumerate(row):
-            tiles.append(display.enlarge(picture, side))
+            tiles.append(display.enlarge(picture, side - 32))
             captions.append(f"{t.layer}/{t.channel}" if j == 0 else heads[j])
         print(f"{t.text}: objective reached, trained {vals[0]:.2f}; " +
               "; ".join(f"{label} {v:.2f}" for (label, _), v in zip(CASCADE, vals[1:], strict=True)))
