@@ -8,7 +8,8 @@ parametrization, the same random transformations (the same drawn parameters) and
 weights: the PyTorch network is built from the .onnx file's folded conv weights and biases and its head (not
 torch-lucent, whose kornia and scikit-learn would enter the install). Printed per size: units per minute (targets
 finished per minute at the given steps), the ratio NumPy / PyTorch of the time per unit (goal <= 1.0), and where the
-time goes (forward, backward, parametrization + transformations + Adam). Both run in this process, alternately,
+time goes (forward, backward, parametrization + transformations + Adam); with --on-request, the time of the app's
+picture made on request (one unit alone). Both run in this process, alternately,
 one after the other per size, with --threads threads each; on a loaded machine compare the ratios, not the times.
 """
 
@@ -131,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=16, help="steps per unit (default: %(default)s)")
     p.add_argument("--batch", type=int, default=4, help="conv5_3 channels per batch (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="threads of each side (default: %(default)s)")
+    p.add_argument("--on-request", action="store_true",
+                   help="also time the app's picture made on request (one unit alone, extrapolated from --steps)")
     args = p.parse_args(argv)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)
@@ -164,6 +167,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  numpy  forward {nf:6.2f} s  backward {nb:6.2f} s  transforms+param+adam {nt:5.2f} s")
         print(f"  torch  forward {tf_:6.2f} s  backward {tb:6.2f} s  transforms+param+adam {tt:5.2f} s")
         print(f"  last objective values: numpy {np.round(nv, 3).tolist()} torch {np.round(tv, 3).tolist()}")
+    if args.on_request:
+        from demo.app.units import ON_REQUEST
+
+        size = ON_REQUEST.size
+        rng = np.random.default_rng(1)
+        spectrum0 = init_spectrum(rng, 1, size)
+        draws = [transforms.draw(rng, 1) for _ in range(args.steps)]
+        numpy_run(vis, targets[:1], size, 1, draws[:1], spectrum0)
+        start = time.perf_counter()
+        numpy_run(vis, targets[:1], size, args.steps, draws, spectrum0)
+        per_step = (time.perf_counter() - start) / args.steps
+        print(f"\nthe app's picture on request (one unit, {ON_REQUEST.steps} steps at {size} px): {per_step:.3f} s per "
+              f"step, {per_step * ON_REQUEST.steps:.1f} s per picture (target: about 30 s on an idle 2-core CPU)")
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
     return 0
 
