@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from demo.analyses.ray_engine import add_engine_options, settings_of
 from demo.cli import add_model_options, collect_images, run_cli
 from demo.onnx_forward import OnnxModel
 from demo.preprocess import load_image, preprocess
@@ -44,6 +45,9 @@ class PredictConfig:
     device: str = "auto"  # auto (CUDA if present), cuda, cpu
     confusion_png: str | None = None  # also draw the confusion matrix here (needs matplotlib)
     tta: bool = False  # also classify the mirror image and average (horizontal-flip test-time augmentation)
+    engine: str = "local"  # local (this process) or ray (a Ray Data worker pool; see demo.analyses.ray_engine)
+    ray_workers: int | None = None  # with --engine ray: workers (onnxruntime sessions)
+    address: str | None = None  # with --engine ray: a running Ray cluster to join
 
 
 def parse_args(argv: list[str] | None = None) -> PredictConfig:
@@ -60,6 +64,7 @@ def parse_args(argv: list[str] | None = None) -> PredictConfig:
     p.add_argument("--tta", action="store_true",
                    help="horizontal-flip test-time augmentation: average the probabilities of each image and its "
                         "mirror image; with --labels both accuracies are printed")
+    add_engine_options(p)
     args = p.parse_args(argv)
     if not args.inputs and not args.labels:
         p.error("give images or folders, or --labels LABEL_FILE")
@@ -74,13 +79,14 @@ def _batches(paths: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
 
 
 def classify(model: OnnxModel, paths: Sequence[Path], batch_size: int = 16, resize: str = "crop",
-             tta: bool = False) -> tuple[list[Path], np.ndarray, list[str]]:
+             tta: bool = False, bar: bool = True) -> tuple[list[Path], np.ndarray, list[str]]:
     """Probabilities (M, K) of the images that could be read, their paths, and messages for those that could not.
 
     ``tta``: probabilities (M, 2, K) instead: [:, 0] of the image, [:, 1] averaged with its mirror image.
+    ``bar``: a tqdm bar on stderr (from 32 images on).
     """
     done, probs, errors = [], [], []
-    with tqdm(total=len(paths), unit="img", disable=len(paths) < 32, file=sys.stderr) as bar:
+    with tqdm(total=len(paths), unit="img", disable=not bar or len(paths) < 32, file=sys.stderr) as bar:
         for batch in _batches(paths, batch_size):
             tensors = []
             for path in batch:
@@ -143,11 +149,18 @@ def plot_confusion(cm: np.ndarray, names: Sequence[str], path: str | Path) -> No
 
 def run(config: PredictConfig) -> dict:
     """Do the run that ``config`` describes; return {"paths", "probs", "accuracy", "confusion"}."""
+    ray_settings = settings_of(config)  # None: the local engine
     model = OnnxModel(config.model, device=config.device)
     samples = parse_label_file(config.labels) if config.labels else []
     labelled = {s.path.resolve(): s.label for s in samples}
     paths = collect_images(config.inputs) if config.inputs else [s.path for s in samples]
-    paths, probs, errors = classify(model, paths, config.batch_size, config.resize, config.tta)
+    if ray_settings is not None:
+        from demo.analyses import ray_engine
+
+        paths, probs, errors = ray_engine.classify(ray_settings, model, paths, config.batch_size, config.resize,
+                                                   config.tta)
+    else:
+        paths, probs, errors = classify(model, paths, config.batch_size, config.resize, config.tta)
     plain = probs[:, 0] if config.tta else probs
     probs = probs[:, 1] if config.tta else probs  # what the CSV reports
     for message in errors:

@@ -29,6 +29,7 @@ from demo.analyses.atlas.read import Atlas
 from demo.analyses.atlas.render import render, render_selection
 from demo.analyses.atlas.site import build_site, draw_command
 from demo.analyses.dataset import ChannelMaxima, Loader, model_sha1, read_samples
+from demo.analyses.ray_engine import add_engine_options, settings_of
 from demo.cli import add_model_options, parse_layers, run_cli
 from demo.onnx_forward import OnnxModel
 from model import spec
@@ -59,6 +60,9 @@ class MineConfig:
     resume: bool = False  # continue an interrupted run in --out
     overwrite: bool = False  # discard what --out holds and start again
     html: bool = False  # also write the static site (index.html, a page per layer and channel) into --out
+    engine: str = "local"  # local (this process) or ray (a Ray Data worker pool; see demo.analyses.ray_engine)
+    ray_workers: int | None = None  # with --engine ray: workers (onnxruntime sessions)
+    address: str | None = None  # with --engine ray: a running Ray cluster to join
 
 
 def parse_args(argv: list[str] | None = None) -> MineConfig:
@@ -96,6 +100,7 @@ def parse_args(argv: list[str] | None = None) -> MineConfig:
     p.add_argument("--html", action="store_true",
                    help="also write a static site into ATLAS_DIR (index.html: a page per layer and per channel, "
                         "opens from the file system); python -m demo.atlas_site ATLAS_DIR rewrites it alone")
+    add_engine_options(p)
     args = p.parse_args(argv)
     try:
         parse_layers(args.layers)
@@ -118,6 +123,7 @@ def run(config: MineConfig, progress: Callable[[int, int], None] | None = None, 
     """
     out = Path(config.out)
     layers = parse_layers(config.layers)
+    ray_settings = settings_of(config)  # None: the local engine
     if out.exists() and any(out.iterdir()) and not (config.resume or config.overwrite):
         raise ValueError(f"{out} is not empty: pass --resume to continue a run there, or --overwrite")
     if config.overwrite and out.exists():
@@ -156,10 +162,17 @@ def run(config: MineConfig, progress: Callable[[int, int], None] | None = None, 
             print(f"resuming at image {state.next} of {len(samples)}")
         else:
             state = TopK.empty({layer: spec.conv_channels(layer) for layer in layers}, config.k)
-        maxima = ChannelMaxima(model, layers)
-        print(f"mining {', '.join(layers)} over {len(samples)} images at {size} px on {model.device}")
-        state = stream(maxima, load, len(samples), state, config.batch_size, config.workers,
-                       lambda s: s.save(state_path, key), config.save_every, progress, bar)
+        if ray_settings is not None:
+            from demo.analyses import ray_engine
+
+            print(f"mining {', '.join(layers)} over {len(samples)} images at {size} px on Ray")
+            state = ray_engine.mine(ray_settings, model, samples, state, layers, size, config.resize,
+                                    config.batch_size, bar)
+        else:
+            maxima = ChannelMaxima(model, layers)
+            print(f"mining {', '.join(layers)} over {len(samples)} images at {size} px on {model.device}")
+            state = stream(maxima, load, len(samples), state, config.batch_size, config.workers,
+                           lambda s: s.save(state_path, key), config.save_every, progress, bar)
         if state.skipped:
             print(f"skipped {len(state.skipped)} unreadable image(s)")
         write_index(out, state, samples, size, {**settings, "class_names": model.class_names,

@@ -12,6 +12,7 @@ from demo.analyses.dataset import read_samples
 from demo.analyses.health.files import FILES, save
 from demo.analyses.health.measure import RARE_FRACTION, HealthStats, measure
 from demo.analyses.health.summary import describe
+from demo.analyses.ray_engine import add_engine_options, settings_of
 from demo.cli import add_model_options, run_cli
 from demo.onnx_forward import OnnxModel
 from model import spec
@@ -30,6 +31,9 @@ class HealthConfig:
     workers: int = 2  # image-decoding threads
     resize: str = "crop"  # crop (short side, centre square) or stretch
     device: str = "auto"  # auto (CUDA if present), cuda, cpu
+    engine: str = "local"  # local (this process) or ray (a Ray Data worker pool; see demo.analyses.ray_engine)
+    ray_workers: int | None = None  # with --engine ray: workers (onnxruntime sessions)
+    address: str | None = None  # with --engine ray: a running Ray cluster to join
 
 
 def parse_args(argv: list[str] | None = None) -> HealthConfig:
@@ -46,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> HealthConfig:
                         "(default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: %(default)s)")
     p.add_argument("--workers", type=int, default=2, help="image-decoding threads (default: %(default)s)")
+    add_engine_options(p)
     args = p.parse_args(argv)
     for name in ("limit", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -59,14 +64,21 @@ def parse_args(argv: list[str] | None = None) -> HealthConfig:
 
 def run(config: HealthConfig, bar: bool = True) -> HealthStats:
     """Do the run that ``config`` describes; return the stats."""
+    ray_settings = settings_of(config)  # None: the local engine
     samples = read_samples(config.data)
     if config.limit is not None:
         samples = samples[: config.limit]
     model = OnnxModel(config.model, device=config.device)
     print(f"measuring {len(spec.CONV_LAYERS)} conv layers over {len(samples)} images at {model.input_size} px on "
-          f"{model.device}", flush=True)
-    stats = measure(model, samples, None, config.resize, config.batch_size, config.workers, config.rare,
-                    str(config.data), bar=bar)
+          f"{'Ray' if ray_settings else model.device}", flush=True)
+    if ray_settings is not None:
+        from demo.analyses import ray_engine
+
+        stats = ray_engine.measure(ray_settings, model, samples, None, config.resize, config.batch_size, config.rare,
+                                   str(config.data), bar=bar)
+    else:
+        stats = measure(model, samples, None, config.resize, config.batch_size, config.workers, config.rare,
+                        str(config.data), bar=bar)
     if stats.skipped:
         print(f"skipped {len(stats.skipped)} unreadable image(s)")
     save(stats, config.out, model.weights)
