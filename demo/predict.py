@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from demo.analyses.ray_engine import add_engine_options, settings_of
+from demo.analyses import ray_engine
 from demo.cli import add_model_options, collect_images, run_cli
 from demo.onnx_forward import OnnxModel
 from demo.preprocess import load_image, preprocess
@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> PredictConfig:
     p.add_argument("--tta", action="store_true",
                    help="horizontal-flip test-time augmentation: average the probabilities of each image and its "
                         "mirror image; with --labels both accuracies are printed")
-    add_engine_options(p)
+    ray_engine.add_engine_options(p)
     args = p.parse_args(argv)
     if not args.inputs and not args.labels:
         p.error("give images or folders, or --labels LABEL_FILE")
@@ -149,14 +149,12 @@ def plot_confusion(cm: np.ndarray, names: Sequence[str], path: str | Path) -> No
 
 def run(config: PredictConfig) -> dict:
     """Do the run that ``config`` describes; return {"paths", "probs", "accuracy", "confusion"}."""
-    ray_settings = settings_of(config)  # None: the local engine
+    ray_settings = ray_engine.settings_of(config)  # None: the local engine
     model = OnnxModel(config.model, device=config.device)
     samples = parse_label_file(config.labels) if config.labels else []
     labelled = {s.path.resolve(): s.label for s in samples}
     paths = collect_images(config.inputs) if config.inputs else [s.path for s in samples]
     if ray_settings is not None:
-        from demo.analyses import ray_engine
-
         paths, probs, errors = ray_engine.classify(ray_settings, model, paths, config.batch_size, config.resize,
                                                    config.tta)
     else:

@@ -23,13 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from demo.analyses import ray_engine
 from demo.analyses.atlas import DEFAULT_LAYERS, STATE_FILE, TILES_DIR
 from demo.analyses.atlas.mine import TopK, fingerprint, stream, write_index
 from demo.analyses.atlas.read import Atlas
 from demo.analyses.atlas.render import render, render_selection
 from demo.analyses.atlas.site import build_site, draw_command
 from demo.analyses.dataset import ChannelMaxima, Loader, model_sha1, read_samples
-from demo.analyses.ray_engine import add_engine_options, settings_of
 from demo.cli import add_model_options, parse_layers, run_cli
 from demo.onnx_forward import OnnxModel
 from model import spec
@@ -100,7 +100,7 @@ def parse_args(argv: list[str] | None = None) -> MineConfig:
     p.add_argument("--html", action="store_true",
                    help="also write a static site into ATLAS_DIR (index.html: a page per layer and per channel, "
                         "opens from the file system); python -m demo.atlas_site ATLAS_DIR rewrites it alone")
-    add_engine_options(p)
+    ray_engine.add_engine_options(p)
     args = p.parse_args(argv)
     try:
         parse_layers(args.layers)
@@ -123,7 +123,7 @@ def run(config: MineConfig, progress: Callable[[int, int], None] | None = None, 
     """
     out = Path(config.out)
     layers = parse_layers(config.layers)
-    ray_settings = settings_of(config)  # None: the local engine
+    ray_settings = ray_engine.settings_of(config)  # None: the local engine
     if out.exists() and any(out.iterdir()) and not (config.resume or config.overwrite):
         raise ValueError(f"{out} is not empty: pass --resume to continue a run there, or --overwrite")
     if config.overwrite and out.exists():
@@ -163,8 +163,6 @@ def run(config: MineConfig, progress: Callable[[int, int], None] | None = None, 
         else:
             state = TopK.empty({layer: spec.conv_channels(layer) for layer in layers}, config.k)
         if ray_settings is not None:
-            from demo.analyses import ray_engine
-
             print(f"mining {', '.join(layers)} over {len(samples)} images at {size} px on Ray")
             state = ray_engine.mine(ray_settings, model, samples, state, layers, size, config.resize,
                                     config.batch_size, bar)

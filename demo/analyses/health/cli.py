@@ -8,11 +8,11 @@ import sys
 from dataclasses import dataclass, fields
 
 from demo.analyses import health as package
+from demo.analyses import ray_engine
 from demo.analyses.dataset import read_samples
 from demo.analyses.health.files import FILES, save
 from demo.analyses.health.measure import RARE_FRACTION, HealthStats, measure
 from demo.analyses.health.summary import describe
-from demo.analyses.ray_engine import add_engine_options, settings_of
 from demo.cli import add_model_options, run_cli
 from demo.onnx_forward import OnnxModel
 from model import spec
@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> HealthConfig:
                         "(default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: %(default)s)")
     p.add_argument("--workers", type=int, default=2, help="image-decoding threads (default: %(default)s)")
-    add_engine_options(p)
+    ray_engine.add_engine_options(p)
     args = p.parse_args(argv)
     for name in ("limit", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> HealthConfig:
 
 def run(config: HealthConfig, bar: bool = True) -> HealthStats:
     """Do the run that ``config`` describes; return the stats."""
-    ray_settings = settings_of(config)  # None: the local engine
+    ray_settings = ray_engine.settings_of(config)  # None: the local engine
     samples = read_samples(config.data)
     if config.limit is not None:
         samples = samples[: config.limit]
@@ -72,8 +72,6 @@ def run(config: HealthConfig, bar: bool = True) -> HealthStats:
     print(f"measuring {len(spec.CONV_LAYERS)} conv layers over {len(samples)} images at {model.input_size} px on "
           f"{'Ray' if ray_settings else model.device}", flush=True)
     if ray_settings is not None:
-        from demo.analyses import ray_engine
-
         stats = ray_engine.measure(ray_settings, model, samples, None, config.resize, config.batch_size, config.rare,
                                    str(config.data), bar=bar)
     else:
