@@ -127,7 +127,7 @@ def ray_runtime(settings: RaySettings) -> Iterator[int]:
     if not ray.is_initialized():
         if settings.address is not None:
             _check_reachable(settings.address)
-        kwargs = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": True}
+        kwargs = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": True}
         try:
             if settings.address is None:  # workers on this machine import the project from where it lies
                 from demo.cli import cpu_threads
@@ -276,8 +276,12 @@ def run_blocks(task: str, settings: RaySettings, model, paths: Sequence[str], fi
     import logging
 
     from ray.data import ActorPoolStrategy, DataContext
+    from ray.data.exceptions import SystemException
 
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    if first >= len(paths):  # nothing left (a finished state): no pool to start
+        return
+
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # its notices (progress bars off ...)
     with ray_runtime(settings) as workers:
         resources = ray.cluster_resources()
         gpus = resources.get("GPU", 0) if settings.device != "cpu" else 0
@@ -311,7 +315,7 @@ def run_blocks(task: str, settings: RaySettings, model, paths: Sequence[str], fi
                         pbar.update(stop - start)
                         yield start, stop, result
                         following += 1
-            except ray.exceptions.RayError as err:
+            except (ray.exceptions.RayError, SystemException) as err:
                 cause = " ".join(str(getattr(err, "cause", None) or err).split())
                 raise RuntimeError(f"the Ray run failed: {cause[:300]}") from None
         if following != len(blocks):
