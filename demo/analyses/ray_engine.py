@@ -138,7 +138,10 @@ def ray_runtime(settings: RaySettings) -> Iterator[int]:
                 ray.init(address=settings.address, runtime_env=code, **kwargs)
         except (ConnectionError, RuntimeError, TimeoutError) as err:
             where = f"the Ray cluster at {settings.address}" if settings.address else "a local Ray runtime"
-            raise ValueError(f"cannot start or join {where}: {' '.join(str(err).split())[:300]}") from None
+            hint = ("; a cluster with token authentication (Ray's default) also needs RAY_AUTH_MODE=token here and "
+                    "its token (~/.ray/auth_token or RAY_AUTH_TOKEN)"
+                    if settings.address and not os.environ.get("RAY_AUTH_MODE") else "")
+            raise ValueError(f"cannot start or join {where}: {' '.join(str(err).split())[:300]}{hint}") from None
         started = True
     try:
         resources = ray.cluster_resources()
