@@ -4,6 +4,7 @@
     python -m demo.predict a.jpg b.png --model models/vgg16_imagenet.onnx --csv out.csv
     python -m demo.predict --labels ../shared/data/cat12/train_list.txt --csv train.csv   # images of the file
     python -m demo.predict --labels runs/cat12_v2/val_list.txt --tta --csv val.csv   # with flip TTA, both figures
+    python -m demo.predict photos/ --csv predictions.csv --engine ray --ray-workers 4   # the same CSV, on Ray
 
 The CSV has one row per image: ``path,class,breed,probability`` (class index, its name, its probability).
 With ``--labels`` (a cat-12 label file, ``<relative path><TAB><label>`` per line) it also prints

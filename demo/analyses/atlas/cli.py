@@ -5,12 +5,14 @@
     python -m demo.mine --data ../shared/data/cat12/train_list.txt --out atlas/ --resume     # after Ctrl-C
     python -m demo.mine --data ../shared/data/cat12/train_list.txt --out atlas/ --resume --render all
     python -m demo.mine --data ../shared/data/cat12/train_list.txt --out atlas/ --html     # and a static site
+    python -m demo.mine --data ../shared/data/cat12/train_list.txt --out atlas/ --engine ray --ray-workers 4
 
 By default the pictures of the 16 strongest channels of each layer are drawn (a first atlas in about a minute);
 the others are listed with their values and drawn later (``--resume --render all``) or by the app on demand.
 The atlas's layout and its two passes are described in ``demo/analyses/atlas/__init__.py``. ``--html`` also
 writes a static site beside it (``index.html``; ``demo/analyses/atlas/site.py``), which ``python -m demo.atlas_site
-ATLAS_DIR`` rewrites alone (no model, no data).
+ATLAS_DIR`` rewrites alone (no model, no data). ``--engine ray`` mines on a Ray Data worker pool, here or on a
+cluster (``--address``), with the same result (``demo/analyses/ray_engine.py``).
 """
 
 from __future__ import annotations
