@@ -138,10 +138,11 @@ def ray_runtime(settings: RaySettings) -> Iterator[int]:
                 ray.init(address=settings.address, runtime_env=code, **kwargs)
         except (ConnectionError, RuntimeError, TimeoutError) as err:
             where = f"the Ray cluster at {settings.address}" if settings.address else "a local Ray runtime"
-            hint = ("; a cluster with token authentication (Ray's default) also needs RAY_AUTH_MODE=token here and "
-                    "its token (~/.ray/auth_token or RAY_AUTH_TOKEN)"
-                    if settings.address and "Failed to connect" in str(err) and not os.environ.get("RAY_AUTH_MODE") else "")
-            raise ValueError(f"cannot start or join {where}: {' '.join(str(err).split())[:300].rstrip('.')}{hint}") from None
+            reason = " ".join(str(err).split())[:300].rstrip(".")
+            if settings.address and "Failed to connect" in reason and not os.environ.get("RAY_AUTH_MODE"):
+                reason += ("; a cluster with token authentication (Ray's default) also needs RAY_AUTH_MODE=token "
+                           "here and its token (~/.ray/auth_token or RAY_AUTH_TOKEN)")
+            raise ValueError(f"cannot start or join {where}: {reason}") from None
         started = True
     try:
         resources = ray.cluster_resources()
