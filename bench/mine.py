@@ -96,7 +96,7 @@ from demo.analyses.atlas import render as atlas_render  # noqa: E402
 from demo.analyses.atlas.mine import TopK, stream  # noqa: E402
 from demo.analyses.atlas.read import Atlas  # noqa: E402
 from demo.cli import parse_layers  # noqa: E402
-from demo.deconv_numpy import Deconvnet  # noqa: E402
+from demo.backward.deconvnet import Deconvnet  # noqa: E402
 from demo.onnx_forward import OnnxModel  # noqa: E402
 from model import spec  # noqa: E402
 from model.data import Sample  # noqa: E402

@@ -20,7 +20,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from demo.cli import DEFAULT_MODEL, DEVICES, REPO_ROOT, cpu_threads
-from demo.head_numpy import Head
+from demo.backward.head import Head
 from model import spec
 
 

@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from demo.cli import add_model_options, parse_class, parse_layers, run_cli
-from demo.deconv_numpy import MODES, Deconvnet, Projection
+from demo.backward.deconvnet import MODES, Deconvnet, Projection
 from demo.display import (
     feature_grid,
     map_image,

@@ -23,7 +23,7 @@ from demo.app import paper, views
 from demo.app.inputs import InputError, decode, open_upload
 from demo.app.pipeline import Pipeline, PipelineConfig, top_predictions
 from demo.app.text import Timings
-from demo.deconv_numpy import Deconvnet, top_channels
+from demo.backward.deconvnet import Deconvnet, top_channels
 from demo.display import GridLayout, feature_grid
 from demo.preprocess import deprocess, preprocess, to_rgb
 from model.images import Limits

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, TINY_SIZE, make_image
 
-from demo.deconv_numpy import Deconvnet
+from demo.backward.deconvnet import Deconvnet
 from demo.onnx_forward import DEFAULT_MODEL
 from demo.preprocess import load_image, preprocess
 from model import spec

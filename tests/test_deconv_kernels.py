@@ -15,9 +15,9 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-import demo.deconv_winograd as dw
-from demo.deconv_kernels import METHODS, Place, _deconv_rows, _unpool_into, deconv, prepare_weight, switch_codes
-from demo.deconv_threads import parts
+import demo.backward.winograd as dw
+from demo.backward.kernels import METHODS, Place, _deconv_rows, _unpool_into, deconv, prepare_weight, switch_codes
+from demo.backward.threads import parts
 from model import spec
 
 LAYER_SHAPES = sorted({(spec.conv_channels(name), ([3] + [spec.conv_channels(n) for n in spec.CONV_LAYERS])[i])

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from conftest import ROOT
 
-from demo.deconv_numpy import (
+from demo.backward.deconvnet import (
     MODES,
     Deconvnet,
     _unpool_rows,
@@ -226,7 +226,7 @@ def test_topk_of_two_images_in_one_pass_matches_pytorch(layer, onnx_model, tiny_
 
 def test_batches_split_into_groups_give_the_same_images(onnx_model, forward64, monkeypatch):
     """Rows together all the way, in groups once windows grow (the default), or split at once: same images."""
-    import demo.deconv_descent as deconv_descent
+    import demo.backward.descent as deconv_descent
 
     acts, switches = forward64
     net = Deconvnet(onnx_model.weights)
@@ -298,7 +298,7 @@ def test_bad_arguments_raise(onnx_model, forward):
 
 
 def test_demo_imports_no_torch():
-    modules = ["demo", "demo.preprocess", "demo.onnx_forward", "demo.deconv_numpy", "demo.display",
+    modules = ["demo", "demo.preprocess", "demo.onnx_forward", "demo.backward.deconvnet", "demo.display",
                "demo.visualize", "demo.predict"]
     code = ("import importlib, pkgutil, sys, demo\n"
             f"names = {modules!r} + ['demo.' + m.name for m in pkgutil.iter_modules(demo.__path__)]\n"

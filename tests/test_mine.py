@@ -24,7 +24,7 @@ from demo.analyses import dataset
 from demo.analyses.atlas import STATE_FILE, TILES_DIR, read, render
 from demo.analyses.atlas import cli as atlas_cli
 from demo.analyses.atlas import mine as atlas_mine
-from demo.deconv_numpy import Deconvnet
+from demo.backward.deconvnet import Deconvnet
 from demo.preprocess import deprocess, load_image, preprocess
 from model import spec
 

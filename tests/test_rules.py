@@ -17,7 +17,7 @@ import pytest
 import torch
 from autograd_rules import AFTER_POOL, conv_forward, one_hot_strongest, rel_err
 
-from demo.deconv_numpy import Deconvnet, deconv, project_down, relu_backward, unpool
+from demo.backward.deconvnet import Deconvnet, deconv, project_down, relu_backward, unpool
 from model.deconvnet import Deconvnet as TorchDeconvnet
 from model.deconvnet import project_down as torch_project_down
 from model.spec import CONV_LAYERS, RULES, layer_rules

@@ -25,8 +25,8 @@ from conftest import ROOT, TINY_SIZE, make_image
 from onnx import TensorProto, helper, numpy_helper
 
 from demo.analyses.sanity import cli, measure, randomize, view
-from demo.deconv_numpy import Deconvnet
-from demo.head_numpy import Head
+from demo.backward.deconvnet import Deconvnet
+from demo.backward.head import Head
 from demo.preprocess import preprocess
 from model import spec
 from model.spec import CONV_LAYERS, RULES

@@ -20,7 +20,7 @@ import numpy as np
 from demo.app.inputs import UPLOAD_LIMITS, InputError, Source, check_resize, decode, digest_of, read_source
 from demo.app.store import ResultStore
 from demo.app.text import Timings
-from demo.deconv_numpy import Deconvnet, Projection
+from demo.backward.deconvnet import Deconvnet, Projection
 from demo.onnx_forward import OnnxModel
 from demo.preprocess import deprocess, normalise
 from model import images

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from demo.analyses.atlas import BLOCK_GAP, TILE_GAP, TILES_DIR, grid_path, save_png, tile_path, tile_side
 from demo.analyses.atlas.read import Atlas
 from demo.analyses.dataset import Loader, batches, model_sha1
-from demo.deconv_numpy import Deconvnet
+from demo.backward.deconvnet import Deconvnet
 from demo.display import OUTSIDE, field_tile, grid, projection_tile
 from demo.onnx_forward import OnnxModel
 from demo.preprocess import deprocess

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from demo.analyses.correspondence.boxes import InputBox, mask, random_box
 from demo.cli import UsageError
-from demo.head_numpy import adaptive_pool_matrix, max_pool_2x2
+from demo.backward.head import adaptive_pool_matrix, max_pool_2x2
 from demo.onnx_forward import OnnxModel
 from model import spec
 

@@ -16,8 +16,8 @@ from tqdm import tqdm
 from demo.analyses.figures import class_name
 from demo.analyses.sanity.randomize import HEAD, ORDER, Forward, Randomizer, run_session
 from demo.cli import parse_class
-from demo.deconv_numpy import Deconvnet
-from demo.head_numpy import Head, head_backward, head_forward
+from demo.backward.deconvnet import Deconvnet
+from demo.backward.head import Head, head_backward, head_forward
 from demo.onnx_forward import OnnxModel
 from model.spec import CONV_LAYERS, HEAD_RELUS, RULES, SIZE_MULTIPLE, conv_channels, layer_rules
 

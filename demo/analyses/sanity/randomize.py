@@ -14,9 +14,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from demo.deconv_kernels import DeconvWeight, prepare_weight
-from demo.deconv_numpy import Deconvnet
-from demo.head_numpy import Head
+from demo.backward.kernels import DeconvWeight, prepare_weight
+from demo.backward.deconvnet import Deconvnet
+from demo.backward.head import Head
 from demo.onnx_forward import OnnxModel, session_options
 from model.spec import CONV_LAYERS, INPUT_NAME, OUTPUT_NAMES, PROBS_NAME
 

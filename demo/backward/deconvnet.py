@@ -48,9 +48,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from demo.deconv_descent import BATCH_BYTES, _net, _project_batch, _project_points
-from demo.deconv_kernels import DeconvWeight, _unpool_rows, deconv, prepare_weight, relu_backward, unpool
-from demo.head_numpy import Head, head_backward, head_forward
+from demo.backward.descent import BATCH_BYTES, _net, _project_batch, _project_points
+from demo.backward.kernels import DeconvWeight, _unpool_rows, deconv, prepare_weight, relu_backward, unpool
+from demo.backward.head import Head, head_backward, head_forward
 from model.spec import CONV_LAYERS, HEAD_RELUS, RULES, Rule, layer_rules
 
 __all__ = [

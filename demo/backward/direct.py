@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from demo.deconv_threads import each, parts
+from demo.backward.threads import each, parts
 
 CHUNK_BYTES = 8 << 20  # size of one chunk of im2col columns (stays in the L3 cache, keeps GEMMs large)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from demo.deconv_kernels import relu_backward
+from demo.backward.kernels import relu_backward
 from model.spec import HEAD_RELUS
 
 POOLED_SIZE = 7  # torchvision's adaptive average pool output side

@@ -30,9 +30,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from demo.deconv_direct import col2im, im2col
-from demo.deconv_threads import each, our_threads, parts, serial, threads_now
-from demo.deconv_winograd import frame_size, winograd, winograd_weight
+from demo.backward.direct import col2im, im2col
+from demo.backward.threads import each, our_threads, parts, serial, threads_now
+from demo.backward.winograd import frame_size, winograd, winograd_weight
 from model.spec import RULES
 
 COL2IM_MAX_CHANNELS = 16  # layers with fewer output channels (C_in: conv1_1's 3) use col2im

@@ -1,0 +1,1 @@
+"""The NumPy backward stage: onnxruntime's activations and switches -> pixel space."""
