@@ -84,10 +84,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from demo.backward.kernels import _deconv_plane, deconv, prepare_weight  # noqa: E402
+from base.spec import CONV_LAYERS, pool_below  # noqa: E402
 from demo.backward.deconvnet import Deconvnet as NumpyDeconvnet  # noqa: E402
+from demo.backward.kernels import _deconv_plane, deconv, prepare_weight  # noqa: E402
 from model.deconvnet import Deconvnet as TorchDeconvnet  # noqa: E402
-from model.spec import CONV_LAYERS, pool_below  # noqa: E402
 from model.vgg import VGG  # noqa: E402
 
 

@@ -90,16 +90,16 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from base import spec  # noqa: E402
+from base.cli import parse_layers  # noqa: E402
+from base.labels import Sample  # noqa: E402
 from demo.analyses import dataset  # noqa: E402
 from demo.analyses.atlas import cli as atlas_cli  # noqa: E402
 from demo.analyses.atlas import render as atlas_render  # noqa: E402
 from demo.analyses.atlas.mine import TopK, stream  # noqa: E402
 from demo.analyses.atlas.read import Atlas  # noqa: E402
-from demo.cli import parse_layers  # noqa: E402
 from demo.backward.deconvnet import Deconvnet  # noqa: E402
 from demo.onnx_forward import OnnxModel  # noqa: E402
-from model import spec  # noqa: E402
-from model.data import Sample  # noqa: E402
 
 
 def export_random(path: Path, size: int) -> None:

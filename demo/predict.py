@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from demo.cli import add_model_options, collect_images, run_cli
+from base.cli import add_model_options, collect_images, run_cli
+from base.labels import parse_label_file
 from demo.onnx_forward import OnnxModel
 from demo.preprocess import load_image, preprocess
-from model.data import parse_label_file
 
 
 @dataclass
@@ -86,7 +86,7 @@ def classify(model: OnnxModel, paths: Sequence[Path], batch_size: int = 16, resi
             for path in batch:
                 try:
                     image = load_image(path)
-                except ValueError as err:  # model.images.ImageError: names the file and the reason
+                except ValueError as err:  # base.images.ImageError: names the file and the reason
                     errors.append(str(err))
                     continue
                 tensors.append(preprocess(image, model.input_size, model.mean, model.std, resize))

@@ -5,7 +5,7 @@
     python -m demo.visualize cat.jpg --layer all --mode topk --k 9 --out out/cat
     python -m demo.visualize cat.jpg --class Bengal --rule gradient --out out/cat     # d logit / d input
 
-``--rule`` chooses how a projection passes each ReLU on its way down (``model.spec.RULES``): ``deconvnet``
+``--rule`` chooses how a projection passes each ReLU on its way down (``base.spec.RULES``): ``deconvnet``
 (the paper's relu of the signal; the default), ``guided`` (guided backpropagation) or ``gradient`` (the plain
 gradient). ``--class`` projects a class score (its logit, before softmax) instead of a layer's activations.
 
@@ -34,19 +34,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from demo.cli import add_model_options, parse_class, parse_layers, run_cli
+from base.cli import add_model_options, parse_class, parse_layers, run_cli
+from base.display import map_image, reconstruction_image
+from base.spec import RULES, field_box
 from demo.backward.deconvnet import MODES, Deconvnet, Projection
-from demo.display import (
-    feature_grid,
-    map_image,
-    merge_channels,
-    projection_tile,
-    reconstruction_image,
-    tile_images,
-)
+from demo.display import feature_grid, merge_channels, projection_tile, tile_images
 from demo.onnx_forward import OnnxModel
 from demo.preprocess import BACKGROUNDS, deprocess, load_image, preprocess
-from model.spec import RULES, field_box
 
 
 @dataclass

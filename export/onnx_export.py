@@ -1,14 +1,14 @@
 """A VGG (batch norm folded) -> one self-contained .onnx file that a deconvnet can run on without PyTorch.
 
 The graph takes ``image`` (N, 3, H, W) float32, normalised RGB, with N, H and W dynamic (H and W multiples of
-16), and returns, named by ``model.spec.OUTPUT_NAMES``:
+16), and returns, named by ``base.spec.OUTPUT_NAMES``:
 
 - ``probs`` (N, K): softmax of the logits,
 - ``conv1_1`` ... ``conv5_3`` (N, C, H', W'): every conv activation after its ReLU,
 - ``pool1_switches`` ... ``pool4_switches`` (N, C, H'/2, W'/2) int64: the switches, per-plane indices
-  (``model.spec.SWITCH_CONVENTION``).
+  (``base.spec.SWITCH_CONVENTION``).
 
-The file's metadata (``metadata_props``, JSON values, keys ``model.spec.META_*``) carries the class names,
+The file's metadata (``metadata_props``, JSON values, keys ``base.spec.META_*``) carries the class names,
 mean/std, input size, layer names, switch convention and a short model card.
 
 ``export_onnx`` checks its own output before it reports success: the ONNX checker, then onnxruntime against
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model import spec
+from base import spec
 from model.vgg import VGG, fold_batch_norm
 
 ATOL = 1e-4  # largest allowed |onnxruntime - torch| of a float output (scaled by its magnitude above 1)

@@ -7,7 +7,7 @@ definitions (autograd's backward pass with each ReLU's backward replaced by the 
 The recipe, from a chosen conv layer down to pixel space (Sec. 2.1 of the paper). Start from the chosen
 feature maps of the layer (after its ReLU); then, for that layer and each conv layer below it:
 
-1. back through the layer's ReLU by the backward rule (``model.spec.RULES``), with s the signal arriving from
+1. back through the layer's ReLU by the backward rule (``base.spec.RULES``), with s the signal arriving from
    above and a the ReLU's forward output (the post-ReLU activation, > 0 exactly where the ReLU's input is):
 
    - ``"deconvnet"`` (the default): relu(s), the paper's "rectification"; the forward pass reaches the picture
@@ -17,7 +17,7 @@ feature maps of the layer (after its ReLU); then, for that layer and each conv l
    - ``"gradient"``: s where a > 0, the ReLU's derivative (Simonyan et al. 2014, "Deep Inside Convolutional
      Networks", arXiv 1312.6034): a signal S placed at layer L projects to d <S, a_L(x)> / dx;
 
-   a rule per layer is a sequence or a dict keyed by conv name (``model.spec.layer_rules``),
+   a rule per layer is a sequence or a dict keyed by conv name (``base.spec.layer_rules``),
 2. the transposed convolution with the layer's own 3x3 weights (batch norm folded in), *without bias*: the
    deconvnet maps signals, not the forward pass's offsets,
 3. if a 2x2 max-pool feeds the layer, unpooling with that pool's switches (each value goes back to the
@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.spec import CONV_LAYERS, HEAD_RELUS, RULES, SIZE_MULTIPLE, Rule, layer_rules, pool_below, stride_of
+from base.spec import CONV_LAYERS, HEAD_RELUS, RULES, SIZE_MULTIPLE, Rule, layer_rules, pool_below, stride_of
 from model.vgg import VGG
 
 MODES = ("layer", "channel", "topk")
@@ -199,7 +199,7 @@ class Deconvnet:
     """Projects conv activations and class scores of a :class:`~model.vgg.VGG` back to pixel space.
 
     The weights are taken once (batch norm folded), so the deconvnet sees plain convolutions. Every projection
-    takes ``rule`` (``model.spec.RULES``, or one per layer, see ``model.spec.layer_rules``).
+    takes ``rule`` (``base.spec.RULES``, or one per layer, see ``base.spec.layer_rules``).
     """
 
     def __init__(self, model: VGG) -> None:

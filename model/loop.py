@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from demo.cli import UsageError
+from base.cli import UsageError
+from base.labels import write_label_file
 from model.augment import (
     MixSettings,
     make_transforms,
@@ -49,7 +50,7 @@ from model.checkpoint import (
     save_checkpoint,
     write_metrics,
 )
-from model.data import Data, ImageDataset, load_data, load_image, write_label_file
+from model.data import Data, ImageDataset, load_data, load_image
 from model.ema import ModelEMA
 from model.vgg import VGG
 

@@ -24,8 +24,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from demo.cli import UsageError, run_cli
-from model.spec import SIZE_MULTIPLE
+from base.cli import UsageError, run_cli
+from base.spec import SIZE_MULTIPLE
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_PROBE = REPO / "examples" / "chelsea.png"
@@ -230,7 +230,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 def train(config: TrainConfig, given: set[str] | None = None) -> dict:
     """Check ``config`` and run (or resume) training; returns the last metrics row. See ``model.loop.train``.
 
-    Out-of-range values, bad data, labels or checkpoints raise ``demo.cli.UsageError`` (or another ValueError)
+    Out-of-range values, bad data, labels or checkpoints raise ``base.cli.UsageError`` (or another ValueError)
     before anything in ``config.out`` is written.
     """
     from model.loop import train as run

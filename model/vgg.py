@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.spec import CFG_VGG16, CONV_LAYERS, FEATURE_CHANNELS, NUM_CLASSES, conv_channels
+from base.spec import CFG_VGG16, CONV_LAYERS, FEATURE_CHANNELS, NUM_CLASSES, conv_channels
 
 HEADS = ("gmp", "torchvision")
 

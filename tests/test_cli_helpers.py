@@ -1,4 +1,4 @@
-"""What every command line shares (demo/cli.py): exit codes and error lines, atomic writes, threads, options."""
+"""What every command line shares (base/cli.py): exit codes and error lines, atomic writes, threads, options."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import stat
 import pytest
 from conftest import make_image
 
-from demo import cli
-from model.spec import CONV_LAYERS
+from base import cli
+from base.spec import CONV_LAYERS
 
 
 def test_run_cli_turns_errors_into_one_line_and_a_status(capsys):

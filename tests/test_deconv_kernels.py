@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 import demo.backward.winograd as dw
+from base import spec
 from demo.backward.kernels import METHODS, Place, _deconv_rows, _unpool_into, deconv, prepare_weight, switch_codes
 from demo.backward.threads import parts
-from model import spec
 
 LAYER_SHAPES = sorted({(spec.conv_channels(name), ([3] + [spec.conv_channels(n) for n in spec.CONV_LAYERS])[i])
                        for i, name in enumerate(spec.CONV_LAYERS)})  # (C_out, C_in) of VGG16's transposed convs

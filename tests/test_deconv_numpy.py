@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from conftest import ROOT
 
+from base import spec
 from demo.backward.deconvnet import (
     MODES,
     Deconvnet,
@@ -21,7 +22,6 @@ from demo.backward.deconvnet import (
     top_channels,
     unpool,
 )
-from model import spec
 from model.deconvnet import Deconvnet as TorchDeconvnet
 
 RTOL = 1e-4  # the parity bound: max |numpy - torch| / max |torch|

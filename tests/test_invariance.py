@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from conftest import ROOT, TINY_SIZE, make_image
 
+from base import spec
 from demo.analyses import invariance
 from demo.preprocess import preprocess
-from model import spec
 
 LAYERS = ("conv1_2", "conv3_3", "conv5_3")
 

@@ -19,6 +19,7 @@ import pytest
 from conftest import ROOT, TINY_SIZE, make_image
 from PIL import Image
 
+from base import spec
 from demo import display
 from demo.analyses import dataset
 from demo.analyses.atlas import STATE_FILE, TILES_DIR, read, render
@@ -26,7 +27,6 @@ from demo.analyses.atlas import cli as atlas_cli
 from demo.analyses.atlas import mine as atlas_mine
 from demo.backward.deconvnet import Deconvnet
 from demo.preprocess import deprocess, load_image, preprocess
-from model import spec
 
 K = 9
 BATCH = 4
@@ -82,7 +82,7 @@ def readable(data):
         try:
             images.append(preprocess(load_image(s.path), TINY_SIZE, spec.MEAN, spec.STD)[0])
             ids.append(i)
-        except ValueError:  # model.images.ImageError
+        except ValueError:  # base.images.ImageError
             continue
     return np.array(ids), np.stack(images)
 

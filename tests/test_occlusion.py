@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from conftest import ROOT, TINY_SIZE, make_image
 
+from base import spec
 from demo.analyses import occlusion
 from demo.preprocess import deprocess, load_image, preprocess
-from model import spec
 
 SIZE, STRIDE = 12, 8  # a 4 x 4 map on the 32 px image, squares clipped at every border
 

@@ -17,13 +17,13 @@ import pytest
 import torch
 from autograd_rules import AFTER_POOL, conv_forward, one_hot_strongest, rel_err
 
+from base.spec import CONV_LAYERS, RULES, layer_rules
 from demo.backward.deconvnet import Deconvnet, deconv, project_down, relu_backward, unpool
 from model.deconvnet import Deconvnet as TorchDeconvnet
 from model.deconvnet import project_down as torch_project_down
-from model.spec import CONV_LAYERS, RULES, layer_rules
 from model.vgg import Features, fold_batch_norm
 
-# Written out here (not taken from model/spec.py) for the independent definitions below.
+# Written out here (not taken from base/spec.py) for the independent definitions below.
 N, K_TOP = 2, 2  # images; top-k channels
 ROWS = 2 + K_TOP  # signal sets per image: layer, channel, k x topk
 REF_TOL, NUMPY_TOL = 1e-5, 1e-4  # relative L2 errors: reference vs autograd, NumPy vs reference

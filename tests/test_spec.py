@@ -1,4 +1,4 @@
-"""model/spec.py: the project's vocabulary, torch-free."""
+"""base/spec.py: the project's vocabulary, torch-free."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import spec
+from base import spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,6 +94,6 @@ def test_preprocessing_is_rgb_imagenet():
 
 
 def test_spec_imports_no_torch():
-    code = "import sys, model.spec; print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
+    code = "import sys, base.spec; print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert "torch" not in out.stdout, out.stdout

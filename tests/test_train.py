@@ -23,7 +23,7 @@ from PIL import Image
 
 import model.checkpoint as checkpoint_module
 import model.loop as loop_module
-from demo.cli import UsageError
+from base.cli import UsageError
 from model.checkpoint import resolve_resume, save_checkpoint
 from model.train import TrainConfig, build_parser, parse_args, parse_command_line, train
 from model.vgg import VGG, load_model

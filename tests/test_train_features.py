@@ -20,7 +20,7 @@ from torch import nn
 from torchvision import transforms
 
 import model.loop as loop_module
-from demo.cli import UsageError
+from base.cli import UsageError
 from model.augment import (
     MixSettings,
     make_transforms,

@@ -41,13 +41,13 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from base import spec
+from base.cli import add_model_options, collect_images, parse_class, run_cli
+from base.labels import parse_label_file
 from demo.analyses.figures import figure_to_array, new_figure
-from demo.cli import add_model_options, collect_images, parse_class, run_cli
 from demo.display import tile_images
 from demo.onnx_forward import OnnxModel
 from demo.preprocess import deprocess, load_image, preprocess
-from model import spec
-from model.data import parse_label_file
 
 TRANSFORMS = ("translation", "scale", "rotation")
 DEFAULT_LAYERS = ("conv1_2", "conv3_3", "conv5_3")
@@ -331,7 +331,7 @@ def run(config: InvarianceConfig) -> InvarianceResult:
     for path, target in zip(paths, targets, strict=True):
         try:
             tensors.append(preprocess(load_image(path), size, model.mean, model.std, config.resize))
-        except ValueError as err:  # model.images.ImageError: names the file and the reason
+        except ValueError as err:  # base.images.ImageError: names the file and the reason
             print(f"skipped {err}", file=sys.stderr)
             continue
         kept.append((path, target))

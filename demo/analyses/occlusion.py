@@ -34,11 +34,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from base import spec
+from base.cli import add_model_options, parse_class, run_cli
 from demo.analyses.figures import class_name, figure_to_array, new_figure
-from demo.cli import add_model_options, parse_class, run_cli
 from demo.onnx_forward import OnnxModel
 from demo.preprocess import deprocess, load_image, preprocess
-from model import spec
 
 if TYPE_CHECKING:
     pass

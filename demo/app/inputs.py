@@ -1,6 +1,6 @@
 """What a request may be: the upload, read and decoded safely within limits, and the options, checked.
 
-Untrusted input. Uploads are decoded by ``model.images.decode``, the project's one safe path (pixel limit from the
+Untrusted input. Uploads are decoded by ``base.images.decode``, the project's one safe path (pixel limit from the
 header before decoding, empty, truncated and damaged files, non-images, absurd aspect ratios, decompression bombs,
 EXIF orientation, any Pillow mode), within ``UPLOAD_LIMITS``. Every refusal is an ``InputError`` whose text is
 meant for the user: the page shows it as it is.
@@ -17,10 +17,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from demo.display import NORMS
-from demo.preprocess import RESIZE_MODES
-from model import images
-from model.spec import CONV_LAYERS, RULES, conv_channels
+from base import images
+from base.display import NORMS
+from base.images import RESIZE_MODES
+from base.spec import CONV_LAYERS, RULES, conv_channels
 
 UPLOAD_LIMITS = images.Limits(max_bytes=25 * 2**20)  # pixels, aspect ratio and file size of an upload
 Source = str | Path | bytes | Mapping | None  # a file path, raw bytes, or a Gradio file payload
@@ -42,7 +42,7 @@ class Upload:
 
 
 def _for_page(err: images.ImageError) -> InputError:
-    """``model.images``' refusal worded for the page: a capitalised sentence."""
+    """``base.images``' refusal worded for the page: a capitalised sentence."""
     text = str(err)
     return InputError(text[:1].upper() + text[1:] + ("" if text.endswith(("?", ".")) else "."))
 
@@ -86,7 +86,7 @@ def read_source(source: Source, limits: images.Limits = UPLOAD_LIMITS) -> bytes:
 
 
 def decode(data: bytes, limits: images.Limits = UPLOAD_LIMITS, digest: str | None = None) -> Upload:
-    """Decode an image file's bytes safely (``model.images.decode``) into an ``Upload``; ``InputError`` with the
+    """Decode an image file's bytes safely (``base.images.decode``) into an ``Upload``; ``InputError`` with the
     reason, worded for the page, otherwise. ``digest``: the bytes' SHA-1 when the caller has it."""
     try:
         decoded = images.decode(data, limits, digest=digest)

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
+from base.spec import CONV_LAYERS, block_of
 from demo.app import views
 from demo.app.inputs import InputError
 from demo.app.pipeline import Pipeline
-from model.spec import CONV_LAYERS, block_of
 
 if TYPE_CHECKING:
     from demo.app.ui import Inputs
@@ -319,7 +319,7 @@ def classes_tab(page: Page) -> None:
 
 def rules_tab(page: Page) -> None:
     """One picture under two backward rules, side by side, and their difference."""
-    from model.spec import RULES
+    from base.spec import RULES
 
     with gr.Tab("Rules", id="rules") as tab:
         with gr.Row(equal_height=True):

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import gradio as gr
 
+from base.cli import REPO_ROOT
 from demo.app import paper, tabs, tabs_paper
 from demo.app.inputs import UPLOAD_LIMITS
 from demo.app.pipeline import Pipeline
 from demo.app.text import HOW_TO_READ, INTRO, describe, model_card_markdown
-from demo.cli import REPO_ROOT
 
 EXAMPLES_DIR = REPO_ROOT / "examples"
 EXAMPLES = ("chelsea.png", "astronaut.png", "coffee.png")  # one cat and two pictures off the network's domain

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from base.spec import CONV_LAYERS, Rule, layer_rules, pool_below
 from demo.backward.kernels import Box, DeconvWeight, Place, _deconv_rows, _runs, switch_codes
-from model.spec import CONV_LAYERS, Rule, layer_rules, pool_below
 
 BATCH_BYTES = 4 << 20  # rows go through a layer together while their inputs and outputs fit this
 

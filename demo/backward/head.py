@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from base.spec import HEAD_RELUS
 from demo.backward.kernels import relu_backward
-from model.spec import HEAD_RELUS
 
 POOLED_SIZE = 7  # torchvision's adaptive average pool output side
 
@@ -81,7 +81,7 @@ def adaptive_pool_matrix(size: int, out: int = POOLED_SIZE) -> np.ndarray:
 def max_pool_2x2(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """2x2/2 max-pool (floor mode): (N, C, h, w) -> values and per-plane switches (N, C, h//2, w//2).
 
-    Switch = row * w + col of the maximum in the (h, w) plane (``model.spec.SWITCH_CONVENTION``); ties go to the
+    Switch = row * w + col of the maximum in the (h, w) plane (``base.spec.SWITCH_CONVENTION``); ties go to the
     first position of the window in row-major order.
     """
     N, C, h, w = x.shape

@@ -5,7 +5,7 @@ step's arithmetic, on rows stored channels last (B, h, w, C), each row an (h, w)
 
 One step (``_deconv_rows``): the rows' input is copied into a zero-padded frame (B, Hf, Wf, C_out) (``_fill``),
 which also applies the backward rule of the layer's ReLU (``relu_backward``: deconvnet, guided or gradient,
-``model.spec.RULES``) and, below a pool, the unpooling (``_unpool_into``, by switch codes): a rule and an
+``base.spec.RULES``) and, below a pool, the unpooling (``_unpool_into``, by switch codes): a rule and an
 unpooling cost no pass of their own. Then the transposed convolution, padding 1, by one of these methods, chosen
 per call from the layer's channel counts and the windows (``DeconvWeight.method_for``):
 
@@ -30,10 +30,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+from base.spec import RULES
 from demo.backward.direct import col2im, im2col
 from demo.backward.threads import each, our_threads, parts, serial, threads_now
 from demo.backward.winograd import frame_size, winograd, winograd_weight
-from model.spec import RULES
 
 COL2IM_MAX_CHANNELS = 16  # layers with fewer output channels (C_in: conv1_1's 3) use col2im
 WEIGHT_COLUMNS = 32  # reading a weight once costs about as much as this many columns of its GEMMs
@@ -113,7 +113,7 @@ def prepare_weight(weight: np.ndarray, method: str | None = None) -> DeconvWeigh
 
 def relu_backward(signal: np.ndarray, activation: np.ndarray | None, rule: str,
                   out: np.ndarray | None = None) -> np.ndarray:
-    """The signal a projection passes back through one ReLU, by ``rule`` (``model.spec.RULES``).
+    """The signal a projection passes back through one ReLU, by ``rule`` (``base.spec.RULES``).
 
     ``signal`` arrives from above; ``activation`` is the ReLU's forward output, broadcastable to ``signal``
     (> 0 exactly where the ReLU's input is; unused, may be None, for "deconvnet"). Elementwise:
@@ -166,7 +166,7 @@ def switch_codes(switches: np.ndarray) -> np.ndarray:
     """Max-pool switches (N, C, h, w) -> (N, h, w, C) uint8 codes 2 * dy + dx: where in its 2x2 window each max was.
 
     Switch s of pooled position (i, j) is the flat index row * 2w + col in the (2h, 2w) plane
-    (``model.spec.SWITCH_CONVENTION``); its window's columns 2j, 2j + 1 make dx = s mod 2, and dy = 1 from the
+    (``base.spec.SWITCH_CONVENTION``); its window's columns 2j, 2j + 1 make dx = s mod 2, and dy = 1 from the
     window's second row on, s >= (2i + 1) * 2w + 2j.
     """
     N, C, h, w = switches.shape
@@ -308,7 +308,7 @@ def unpool(x: np.ndarray, switches: np.ndarray) -> np.ndarray:
     """Undo a 2x2/2 max-pool: (N, C, h, w) values and per-plane switches -> (N, C, 2h, 2w).
 
     Switch s of pooled position (n, c, i, j) is the flat index s = row * 2w + col of the maximum in the
-    (2h, 2w) input plane of (n, c) (``model.spec.SWITCH_CONVENTION``); every other position gets zero.
+    (2h, 2w) input plane of (n, c) (``base.spec.SWITCH_CONVENTION``); every other position gets zero.
     """
     N, C, h, w = x.shape
     out = np.zeros((N, C, 4 * h * w), dtype=np.float32)

@@ -23,16 +23,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from base import spec
+from base.cli import add_model_options, parse_layers, run_cli
+from base.spec import RULES
 from demo.analyses.atlas import DEFAULT_LAYERS, STATE_FILE, TILES_DIR
 from demo.analyses.atlas.mine import TopK, fingerprint, stream, write_index
 from demo.analyses.atlas.read import Atlas
 from demo.analyses.atlas.render import render, render_selection
 from demo.analyses.atlas.site import build_site, draw_command
 from demo.analyses.dataset import ChannelMaxima, Loader, model_sha1, read_samples
-from demo.cli import add_model_options, parse_layers, run_cli
 from demo.onnx_forward import OnnxModel
-from model import spec
-from model.spec import RULES
 
 
 @dataclass

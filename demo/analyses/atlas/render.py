@@ -18,6 +18,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from base import spec
+from base.labels import Sample
 from demo.analyses.atlas import BLOCK_GAP, TILE_GAP, TILES_DIR, grid_path, save_png, tile_path, tile_side
 from demo.analyses.atlas.read import Atlas
 from demo.analyses.dataset import Loader, batches, model_sha1
@@ -25,8 +27,6 @@ from demo.backward.deconvnet import Deconvnet
 from demo.display import OUTSIDE, field_tile, grid, projection_tile
 from demo.onnx_forward import OnnxModel
 from demo.preprocess import deprocess
-from model import spec
-from model.data import Sample
 
 
 def _shrink(tile: np.ndarray, max_tile: int) -> np.ndarray:

@@ -34,10 +34,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from base import spec
+from base.cli import DEFAULT_MODEL, add_debug_option, atomic_write, run_cli
 from demo.analyses.atlas import DEFAULT_LAYERS, grid_path
 from demo.analyses.atlas.read import Atlas, AtlasEntry
-from demo.cli import DEFAULT_MODEL, add_debug_option, atomic_write, run_cli
-from model import spec
 
 THUMB_HEIGHT = 64  # pixels
 THUMBS_DIR = "thumbs"

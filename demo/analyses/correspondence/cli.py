@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from base.cli import add_model_options, atomic_write, debug_requested, run_cli
 from demo.analyses import correspondence as package
 from demo.analyses.correspondence.boxes import Annotation, InputBox, box_to_input, mask, part_order, read_boxes
 from demo.analyses.correspondence.figure import correspondence_chart, correspondence_figure
@@ -23,7 +24,6 @@ from demo.analyses.correspondence.measure import (
     parse_layer_list,
 )
 from demo.analyses.correspondence.table import csv_text, format_table
-from demo.cli import add_model_options, atomic_write, debug_requested, run_cli
 from demo.onnx_forward import OnnxModel
 from demo.preprocess import deprocess, load_image, normalise
 

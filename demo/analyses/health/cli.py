@@ -7,14 +7,14 @@ import argparse
 import sys
 from dataclasses import dataclass, fields
 
+from base import spec
+from base.cli import add_model_options, run_cli
 from demo.analyses import health as package
 from demo.analyses.dataset import read_samples
 from demo.analyses.health.files import FILES, save
 from demo.analyses.health.measure import RARE_FRACTION, HealthStats, measure
 from demo.analyses.health.summary import describe
-from demo.cli import add_model_options, run_cli
 from demo.onnx_forward import OnnxModel
-from model import spec
 
 
 @dataclass

@@ -13,16 +13,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from base.cli import add_model_options, run_cli
+from base.display import NORMS
+from base.spec import RULES
 from demo.analyses import sanity as package
 from demo.analyses.figures import class_name
 from demo.analyses.sanity.figure import curves, filmstrip, stack
 from demo.analyses.sanity.measure import METRICS, MODES, SanityResult, parse_rules, parse_target, sanity_checks
 from demo.analyses.sanity.view import describe
-from demo.cli import add_model_options, run_cli
-from demo.display import NORMS
 from demo.onnx_forward import OnnxModel
 from demo.preprocess import deprocess, load_image, preprocess
-from model.spec import RULES
 
 CSV_COLUMNS = ("mode", "step", "randomized", "rule", *METRICS)
 CLASS_COLUMNS = ("rule", "class", "name", *METRICS)

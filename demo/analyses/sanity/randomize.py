@@ -14,11 +14,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from demo.backward.kernels import DeconvWeight, prepare_weight
+from base.spec import CONV_LAYERS, INPUT_NAME, OUTPUT_NAMES, PROBS_NAME
 from demo.backward.deconvnet import Deconvnet
 from demo.backward.head import Head
+from demo.backward.kernels import DeconvWeight, prepare_weight
 from demo.onnx_forward import OnnxModel, session_options
-from model.spec import CONV_LAYERS, INPUT_NAME, OUTPUT_NAMES, PROBS_NAME
 
 HEAD = "head"  # the class head's Linear layers, randomized together
 ORDER: tuple[str, ...] = (HEAD, *reversed(CONV_LAYERS))  # cascading order, top down: head, conv5_3, ..., conv1_1
