@@ -19,7 +19,7 @@ import torch
 from base.cli import UsageError, atomic_write
 
 if TYPE_CHECKING:
-    from model.train import TrainConfig
+    from model.config import TrainConfig
 
 # On --resume the run's saved settings are kept; only these may be given anew (how long, on what, with what data).
 RESUME_OVERRIDES = ("epochs", "workers", "device", "threads", "data")

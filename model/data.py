@@ -23,7 +23,7 @@ from base.labels import Sample, find_samples
 from base.spec import CAT12_BREEDS, default_class_names
 
 if TYPE_CHECKING:
-    from model.train import TrainConfig
+    from model.config import TrainConfig
 
 
 def load_image(path: str | Path) -> Image.Image:

@@ -55,7 +55,7 @@ from model.ema import ModelEMA
 from model.vgg import VGG
 
 if TYPE_CHECKING:
-    from model.train import TrainConfig
+    from model.config import TrainConfig
 
 # --- one epoch --------------------------------------------------------------------------------------------------
 
@@ -252,7 +252,7 @@ def restore(run: Run, state: dict, path: Path) -> None:
 def prepare(config: TrainConfig, given: set[str] | None = None) -> tuple[Run, dict | None]:
     """Check the run folder, data and checkpoint and build the run; nothing in ``config.out`` is changed yet.
 
-    ``config``'s values are taken as checked (``model.train.config_problems``).
+    ``config``'s values are taken as checked (``model.config.config_problems``).
     """
     config, state = resolve_resume(config, given)
     check_run_folder(config)

@@ -25,7 +25,8 @@ import model.checkpoint as checkpoint_module
 import model.loop as loop_module
 from base.cli import UsageError
 from model.checkpoint import resolve_resume, save_checkpoint
-from model.train import TrainConfig, build_parser, parse_args, parse_command_line, train
+from model.config import TrainConfig
+from model.train import build_parser, parse_args, parse_command_line, train
 from model.vgg import VGG, load_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,7 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-from model.train import TrainConfig, train
+from model.config import TrainConfig
+from model.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--image-size", "32", "--batch-size", "4", "--threads", "1", "--workers", "0", "--snapshot-every", "0",

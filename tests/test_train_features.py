@@ -30,9 +30,10 @@ from model.augment import (
     size_at,
     soft_cross_entropy,
 )
+from model.config import TrainConfig
 from model.ema import ModelEMA, warmed_up_decay
 from model.loop import run_epoch
-from model.train import TrainConfig, parse_args, train
+from model.train import parse_args, train
 from model.vgg import VGG, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
