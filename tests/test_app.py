@@ -629,7 +629,7 @@ def atlas_dir(tiny_onnx, tmp_path_factory) -> Path:
 def test_atlas_tab_shows_the_atlas(tiny_onnx, onnx_model, atlas_dir):
     from gradio_client.exceptions import AppError
 
-    from demo.analyses.atlas import read
+    from demo.analyses.atlas import read, render
 
     atlas = read.Atlas(atlas_dir)
     ranked = atlas.ranked_channels("conv1_2").tolist()
@@ -646,7 +646,7 @@ def test_atlas_tab_shows_the_atlas(tiny_onnx, onnx_model, atlas_dir):
         direct, direct_caption = paper.atlas_view(pipeline, atlas_dir, "conv1_2", channel)
         np.testing.assert_array_equal(picture(shown), np.asarray(Image.open(direct)))
         assert caption == direct_caption == atlas.caption("conv1_2", channel)
-        np.testing.assert_array_equal(picture(shown), read.atlas_view(atlas_dir, "conv1_2", channel, onnx_model))
+        np.testing.assert_array_equal(picture(shown), render.atlas_view(atlas_dir, "conv1_2", channel, onnx_model))
         assert f"conv1_2 channel {channel}" in caption and picture(shown).ndim == 3
         with pytest.raises(AppError, match="not in the list of choices"):
             client.predict("conv5_3", 0, api_name="/atlas")
