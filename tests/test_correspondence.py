@@ -16,7 +16,7 @@ from PIL import Image
 from base import spec
 from demo.analyses.correspondence import cli
 from demo.analyses.correspondence.boxes import PARTS, box_to_input, input_transform, random_box
-from demo.analyses.correspondence.cli import DEFAULT_LAYERS
+from demo.analyses.correspondence.config import DEFAULT_LAYERS
 from demo.analyses.correspondence.figure import correspondence_chart, correspondence_figure
 from demo.analyses.correspondence.measure import (
     correspondence,

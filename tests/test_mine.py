@@ -242,7 +242,7 @@ def test_another_rule_is_drawn_on_request_beside_the_atlas_own(atlas, data, onnx
     view = read.Atlas(atlas)
     layer, channel = "conv2_2", int(view.ranked_channels("conv2_2")[0])
     own = view.view(layer, channel)
-    guided = render.atlas_view(view, layer, channel, onnx_model, "guided")  # drawn now, kept beside the deconvnet picture
+    guided = render.atlas_view(view, layer, channel, onnx_model, "guided")  # drawn now, kept beside the own one
     assert (atlas / layer / f"{channel:04d}.guided.png").is_file() and (atlas / layer / f"{channel:04d}.png").is_file()
     np.testing.assert_array_equal(view.view(layer, channel, "deconvnet"), own)
     side = view.info["layers"][layer]["tile"]
