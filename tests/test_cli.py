@@ -176,6 +176,17 @@ def test_predict_needs_inputs(tmp_path):
     assert proc.returncode == 2 and "--labels" in proc.stderr
 
 
+def test_predict_on_a_folder_without_images_is_an_error(tiny_onnx, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    out = tmp_path / "out.csv"
+    proc = run("demo.predict", str(empty), "--model", str(tiny_onnx), "--csv", str(out))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == f"error: no images found in {empty}"
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("rule", ["guided", "gradient"])
 def test_visualize_with_a_rule_writes_exactly_one_array(picture, tiny_onnx, onnx_model, tmp_path, rule):
     out = tmp_path / rule

@@ -27,8 +27,7 @@ Runs the same functions as the app: preprocess -> onnxruntime forward -> NumPy d
 from __future__ import annotations
 
 import argparse
-import sys
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -37,40 +36,12 @@ from PIL import Image
 from base.cli import add_model_options, parse_class, parse_layers, run_cli
 from base.display import map_image, reconstruction_image
 from base.spec import RULES, field_box
-from demo.backward.deconvnet import MODES, Deconvnet, Projection
+from demo.analyses.visualize import reconstructions
+from demo.analyses.visualize.config import VisualizeConfig
+from demo.backward.deconvnet import MODES, Deconvnet
 from demo.display import feature_grid, merge_channels, projection_tile, tile_images
 from demo.onnx_forward import OnnxModel
 from demo.preprocess import BACKGROUNDS, deprocess, load_image, preprocess
-
-
-@dataclass
-class VisualizeConfig:
-    """One visualisation run; every field is a command-line option of the same name."""
-
-    image: str  # the image file
-    out: str  # output folder (created)
-    layer: str = "conv5_3"  # a conv layer, a comma-separated list, or "all"
-    mode: str = "layer"  # "layer" (all feature maps), "channel" (strongest activation of --channel), "topk"
-    channel: int | None = None  # --mode channel: which channel
-    k: int = 9  # --mode topk: how many channels
-    class_: str | None = None  # --class: project this class's score (a name or an index) instead of a layer
-    rule: str = "deconvnet"  # the backward rule at each ReLU: deconvnet, guided, gradient
-    model: str | None = None  # .onnx file; default models/vgg16_cat12.onnx
-    norm: str = "minmax"  # display normalisation: minmax, signed, percentile
-    resize: str = "crop"  # crop (short side, centre square) or stretch
-    background: str = "white"  # what transparent pixels are composited on
-    device: str = "auto"  # auto (CUDA if present), cuda, cpu
-    features: bool = True  # also write the feature-map grids
-
-
-def reconstructions(deconvnet: Deconvnet, activations: dict[str, np.ndarray], switches: dict[str, np.ndarray],
-                    layer: str, mode: str, channel: int | None = None, k: int = 9,
-                    rule: str = "deconvnet") -> dict[str, np.ndarray]:
-    """The projections of one image's ``layer`` as {npz key: (3, H, W) float32}, keys "<layer>/<mode>[/<C>]/<rule>"."""
-    p: Projection = deconvnet.project(activations, switches, layer, mode, channel, k, rule=rule)
-    if mode == "layer":
-        return {f"{layer}/layer/{rule}": p.images[0]}
-    return {f"{layer}/{mode}/{int(c)}/{rule}": image for c, image in zip(p.channels, p.images, strict=True)}
 
 
 def parse_args(argv: list[str] | None = None) -> VisualizeConfig:
@@ -189,6 +160,3 @@ def run(config: VisualizeConfig) -> dict[str, np.ndarray]:
 def main(argv: list[str] | None = None) -> int:
     return run_cli(run, parse_args(argv))
 
-
-if __name__ == "__main__":
-    sys.exit(main())
