@@ -98,7 +98,7 @@ from demo.analyses.atlas import cli as atlas_cli  # noqa: E402
 from demo.analyses.atlas import render as atlas_render  # noqa: E402
 from demo.analyses.atlas.mine import TopK, stream  # noqa: E402
 from demo.analyses.atlas.read import Atlas  # noqa: E402
-from demo.backward.deconvnet import Deconvnet  # noqa: E402
+from demo.backward import Deconvnet  # noqa: E402
 from demo.onnx_forward import OnnxModel  # noqa: E402
 
 

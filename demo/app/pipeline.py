@@ -21,7 +21,7 @@ from base import images
 from demo.app.inputs import UPLOAD_LIMITS, InputError, Source, check_resize, decode, digest_of, read_source
 from demo.app.store import ResultStore
 from demo.app.text import Timings
-from demo.backward.deconvnet import Deconvnet, Projection
+from demo.backward import Deconvnet, Projection
 from demo.onnx_forward import OnnxModel
 from demo.preprocess import deprocess, normalise
 

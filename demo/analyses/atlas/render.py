@@ -23,7 +23,7 @@ from base.labels import Sample
 from demo.analyses.atlas import BLOCK_GAP, TILE_GAP, TILES_DIR, grid_path, save_png, tile_path, tile_side
 from demo.analyses.atlas.read import Atlas, load_atlas
 from demo.analyses.dataset import Loader, batches, model_sha1
-from demo.backward.deconvnet import Deconvnet
+from demo.backward import Deconvnet
 from demo.display import OUTSIDE, field_tile, grid, projection_tile
 from demo.onnx_forward import OnnxModel
 from demo.preprocess import deprocess

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from base import spec
 from base.cli import UsageError
 from demo.analyses.correspondence.boxes import InputBox, mask, random_box
-from demo.backward.head import adaptive_pool_matrix, max_pool_2x2
+from demo.backward import adaptive_pool_matrix, max_pool_2x2
 from demo.onnx_forward import OnnxModel
 
 POOLED = "pooled"  # the feature vector before the classifier

@@ -17,8 +17,7 @@ from base.cli import parse_class
 from base.spec import CONV_LAYERS, HEAD_RELUS, RULES, SIZE_MULTIPLE, conv_channels, layer_rules
 from demo.analyses.figures import class_name
 from demo.analyses.sanity.randomize import HEAD, ORDER, Forward, Randomizer, run_session
-from demo.backward.deconvnet import Deconvnet
-from demo.backward.head import Head, head_backward, head_forward
+from demo.backward import Deconvnet, Head, head_backward, head_forward
 from demo.onnx_forward import OnnxModel
 
 MODES = ("cascading", "independent", "both")

@@ -15,9 +15,7 @@ import onnx
 import onnxruntime as ort
 
 from base.spec import CONV_LAYERS, INPUT_NAME, OUTPUT_NAMES, PROBS_NAME
-from demo.backward.deconvnet import Deconvnet
-from demo.backward.head import Head
-from demo.backward.kernels import DeconvWeight, prepare_weight
+from demo.backward import Deconvnet, DeconvWeight, Head, prepare_weight
 from demo.onnx_forward import OnnxModel, session_options
 
 HEAD = "head"  # the class head's Linear layers, randomized together

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from demo.backward.deconvnet import Deconvnet, Projection
+from demo.backward import Deconvnet, Projection
 
 
 def reconstructions(deconvnet: Deconvnet, activations: dict[str, np.ndarray], switches: dict[str, np.ndarray],

@@ -38,7 +38,7 @@ from base.display import map_image, reconstruction_image
 from base.spec import RULES, field_box
 from demo.analyses.visualize import reconstructions
 from demo.analyses.visualize.config import VisualizeConfig
-from demo.backward.deconvnet import MODES, Deconvnet
+from demo.backward import MODES, Deconvnet
 from demo.display import feature_grid, merge_channels, projection_tile, tile_images
 from demo.onnx_forward import OnnxModel
 from demo.preprocess import BACKGROUNDS, deprocess, load_image, preprocess
