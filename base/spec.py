@@ -74,6 +74,7 @@ def receptive_field(layer: str) -> int:
 #   "gradient":  s where a > 0              Simonyan et al. 2014 (arXiv 1312.6034), the plain gradient.
 # Unpooling with the switches and the transposed convolutions are the same for all three.
 RULES: tuple[str, ...] = ("deconvnet", "guided", "gradient")
+POOLED_SIZE = 7  # side of the head's adaptive average pool output (torchvision's VGG: 512 x 7 x 7 into fc6)
 HEAD_RELUS: tuple[str, ...] = ("fc6", "fc7")  # the ReLUs of torchvision's head, after its first two Linear layers
 RELUS: tuple[str, ...] = (*CONV_LAYERS, *HEAD_RELUS)  # every ReLU a projection can pass, in network order
 Rule = str | Sequence[str] | Mapping[str, str]  # one rule for all, one per ReLU of RELUS, or {ReLU name: rule}

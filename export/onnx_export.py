@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from base import spec
-from model.vgg import VGG, fold_batch_norm
+from model.vgg import VGG, adaptive_pool_matrix, fold_batch_norm
 
 ATOL = 1e-4  # largest allowed |onnxruntime - torch| of a float output (scaled by its magnitude above 1)
 GRAPH_NAME = "vgg16_deconvnet"
@@ -47,21 +47,6 @@ class ExportCheckError(RuntimeError):
     def __init__(self, message: str, report: dict) -> None:
         super().__init__(message)
         self.report = report
-
-
-def adaptive_pool_matrix(size: int | torch.SymInt, out: int) -> Tensor:
-    """(out, size) averaging matrix of ``F.adaptive_avg_pool2d`` along one axis of length ``size``.
-
-    Bin i averages rows floor(i * size / out) ... ceil((i + 1) * size / out) - 1, PyTorch's definition. Built
-    from ``arange`` so that ``size`` may be symbolic: the exporter then keeps H and W dynamic, which it does not
-    for ``adaptive_avg_pool2d`` itself (it bakes in the kernel of the example input).
-    """
-    i = torch.arange(out)
-    start = torch.div(i * size, out, rounding_mode="floor")
-    end = torch.div((i + 1) * size + out - 1, out, rounding_mode="floor")
-    r = torch.arange(size)
-    mask = ((r[None, :] >= start[:, None]) & (r[None, :] < end[:, None])).to(torch.float32)
-    return mask / mask.sum(dim=1, keepdim=True)
 
 
 def adaptive_avg_pool(x: Tensor, out: tuple[int, int]) -> Tensor:

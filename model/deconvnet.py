@@ -43,11 +43,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from base.spec import CONV_LAYERS, HEAD_RELUS, RULES, SIZE_MULTIPLE, Rule, layer_rules, pool_below, stride_of
-from model.vgg import VGG
+from base.spec import (
+    CONV_LAYERS,
+    HEAD_RELUS,
+    POOLED_SIZE,
+    RULES,
+    SIZE_MULTIPLE,
+    Rule,
+    layer_rules,
+    pool_below,
+    stride_of,
+)
+from model.vgg import VGG, adaptive_pool_matrix
 
 MODES = ("layer", "channel", "topk")
-POOLED_SIZE = 7  # torchvision's adaptive average pool output side
 
 
 @dataclass
@@ -152,18 +161,6 @@ def top_channels(activation: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """The k channels with the largest maximum activation, per image: (N, C, h, w) -> channels and values (N, k)."""
     values, channels = activation.amax(dim=(2, 3)).topk(min(k, activation.shape[1]), dim=1)
     return channels, values
-
-
-def adaptive_pool_matrix(size: int, out: int = POOLED_SIZE) -> Tensor:
-    """(out, size) float32 averaging matrix of ``F.adaptive_avg_pool2d`` along one axis of length ``size``.
-
-    Bin i averages positions floor(i * size / out) ... ceil((i + 1) * size / out) - 1.
-    """
-    i = torch.arange(out)
-    start, end = (i * size) // out, ((i + 1) * size + out - 1) // out
-    r = torch.arange(size)
-    mask = ((r >= start[:, None]) & (r < end[:, None])).float()
-    return mask / mask.sum(dim=1, keepdim=True)
 
 
 def head_backward(feature: Tensor, classes: Tensor, kind: str, linears: Sequence[tuple[Tensor, Tensor]],

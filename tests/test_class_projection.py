@@ -27,7 +27,7 @@ from demo.backward.deconvnet import Deconvnet
 from demo.backward.head import Head, HeadPass, adaptive_pool_matrix, head_backward, head_forward, max_pool_2x2
 from demo.onnx_forward import OnnxModel, head_weights
 from model.deconvnet import Deconvnet as TorchDeconvnet
-from model.deconvnet import adaptive_pool_matrix as torch_adaptive_pool_matrix
+from model.vgg import adaptive_pool_matrix as torch_adaptive_pool_matrix
 from model.vgg import fold_batch_norm
 
 REF_TOL, NUMPY_TOL = 1e-5, 1e-4

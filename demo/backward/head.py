@@ -24,10 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from base.spec import HEAD_RELUS
+from base.spec import HEAD_RELUS, POOLED_SIZE
 from demo.backward.kernels import relu_backward
-
-POOLED_SIZE = 7  # torchvision's adaptive average pool output side
 
 
 @dataclass(frozen=True)
