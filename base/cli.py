@@ -20,10 +20,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from base.display import NORMS
-from base.images import IMAGE_EXTENSIONS, RESIZE_MODES
-from base.spec import CONV_LAYERS
-
 Config = TypeVar("Config")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -150,10 +146,14 @@ def add_model_options(parser: argparse.ArgumentParser, resize: bool = True, norm
                         help="where onnxruntime runs the network: auto (CUDA if a GPU is usable), cuda, cpu "
                              "(default: %(default)s)")
     if resize:
+        from base.images import RESIZE_MODES  # base.images and base.display load NumPy: not at import
+
         parser.add_argument("--resize", choices=RESIZE_MODES, default="crop",
                             help="crop: short side to the input size, then the centre square, as in training; "
                                  "stretch: the whole image squashed to a square (default: %(default)s)")
     if norm:
+        from base.display import NORMS
+
         parser.add_argument("--norm", choices=NORMS, default="minmax",
                             help="how a reconstruction becomes pixels: minmax (per image), signed (zero at "
                                  "mid-grey), percentile (1-99 clipped) (default: %(default)s)")
@@ -163,6 +163,8 @@ def add_model_options(parser: argparse.ArgumentParser, resize: bool = True, norm
 def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
     """The image files ``inputs`` name: folders searched recursively for image suffixes (sorted), anything else
     kept as given (a missing or unreadable file is reported when it is opened, beside the others)."""
+    from base.images import IMAGE_EXTENSIONS
+
     found: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
@@ -174,6 +176,8 @@ def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
 
 def parse_layers(text: str) -> list[str]:
     """"all", one layer or a comma-separated list -> conv layer names (validated)."""
+    from base.spec import CONV_LAYERS
+
     layers = list(CONV_LAYERS) if text == "all" else [t.strip() for t in text.split(",") if t.strip()]
     unknown = [name for name in layers if name not in CONV_LAYERS]
     if unknown or not layers:

@@ -75,10 +75,10 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
 
 
 CONFIG = parse_args()
-THREADS = CONFIG.threads or len(os.sched_getaffinity(0))
-os.environ["OPENBLAS_NUM_THREADS"] = str(THREADS)  # before NumPy loads OpenBLAS
-os.environ["OMP_NUM_THREADS"] = str(THREADS)
 sys.path.insert(0, str(ROOT))
+from base.cli import cpu_threads, set_threads  # noqa: E402  (loads no NumPy)
+
+THREADS = set_threads(CONFIG.threads or cpu_threads())  # BLAS and OpenMP pools, before NumPy loads OpenBLAS
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

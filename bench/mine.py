@@ -31,7 +31,6 @@ that needs torch, the benchmark only.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -82,10 +81,10 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
 
 
 CONFIG = parse_args()
-THREADS = CONFIG.threads or len(os.sched_getaffinity(0))
-os.environ["OPENBLAS_NUM_THREADS"] = str(THREADS)  # before NumPy loads OpenBLAS
-os.environ["OMP_NUM_THREADS"] = str(THREADS)
 sys.path.insert(0, str(ROOT))
+from base.cli import cpu_threads, set_threads  # noqa: E402  (loads no NumPy)
+
+THREADS = set_threads(CONFIG.threads or cpu_threads())  # BLAS and OpenMP pools, before NumPy loads OpenBLAS
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
