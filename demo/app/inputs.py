@@ -107,25 +107,16 @@ def digest_of(data: bytes) -> str:
 
 # --- the options ---------------------------------------------------------------------------------------------------
 
-def _one_of(value: str, choices, what: str) -> str:
+CHOICES = {"layer": CONV_LAYERS, "normalisation": NORMS, "resize mode": RESIZE_MODES, "backward rule": RULES}
+
+
+def check(what: str, value: str) -> str:
+    """``value`` when it is one of the ``what`` choices (``CHOICES``: a conv layer, a display normalisation, a
+    resize mode, a backward rule), else ``InputError`` naming the choices."""
+    choices = CHOICES[what]
     if value not in choices:
         raise InputError(f"Unknown {what} {value!r}; choose one of {', '.join(choices)}.")
     return value
-
-
-def check_layer(layer: str) -> str:
-    """``layer`` when it is a conv layer name, else ``InputError``."""
-    return _one_of(layer, CONV_LAYERS, "layer")
-
-
-def check_norm(norm: str) -> str:
-    """``norm`` when it is a display normalisation, else ``InputError``."""
-    return _one_of(norm, NORMS, "normalisation")
-
-
-def check_resize(resize: str) -> str:
-    """``resize`` when it is a resize mode, else ``InputError``."""
-    return _one_of(resize, RESIZE_MODES, "resize mode")
 
 
 def whole_number(value, what: str) -> int:
@@ -141,16 +132,11 @@ def whole_number(value, what: str) -> int:
 
 def check_channel(layer: str, channel, channels: int | None = None) -> int:
     """A channel index of ``layer`` (``channels`` of them; default the layer's), else ``InputError``."""
-    C = conv_channels(check_layer(layer)) if channels is None else channels
+    C = conv_channels(check("layer", layer)) if channels is None else channels
     c = whole_number(channel, "The channel")
     if not 0 <= c < C:
         raise InputError(f"{layer} has channels 0 to {C - 1}; got {channel}.")
     return c
-
-
-def check_rule(rule: str) -> str:
-    """``rule`` when it is a backward rule (deconvnet, guided, gradient), else ``InputError``."""
-    return _one_of(rule, RULES, "backward rule")
 
 
 def check_class(value, class_names: list[str]) -> int:

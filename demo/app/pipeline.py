@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from base import images
-from demo.app.inputs import UPLOAD_LIMITS, InputError, Source, check_resize, decode, digest_of, read_source
+from demo.app.inputs import UPLOAD_LIMITS, InputError, Source, check, decode, digest_of, read_source
 from demo.app.store import ResultStore
 from demo.app.text import Timings
 from demo.backward import Deconvnet, Projection
@@ -106,7 +106,7 @@ class Pipeline:
 
     def forward(self, source: Source, resize: str = "crop") -> tuple[Forward, bool]:
         """Decode ``source``, preprocess and run the network; returns the ``Forward`` and whether it was cached."""
-        check_resize(resize)
+        check("resize mode", resize)
         start = time.perf_counter()
         data = read_source(source, self.config.limits)
         digest = digest_of(data)

@@ -21,11 +21,9 @@ from demo import display
 from demo.app.inputs import (
     InputError,
     Source,
+    check,
     check_channel,
     check_class,
-    check_layer,
-    check_norm,
-    check_rule,
     whole_number,
 )
 from demo.app.pipeline import Forward, Pipeline, top_predictions
@@ -87,8 +85,8 @@ def analyse(pipeline: Pipeline, source: Source, norm: str = "minmax", resize: st
     ...) and ``done`` True. ``tta``: the prediction averages the image's and its mirror image's probabilities
     (the projections are the image's own).
     """
-    check_norm(norm)
-    check_rule(rule)
+    check("normalisation", norm)
+    check("backward rule", rule)
     fwd, cached = pipeline.forward(source, resize)
     timings = pipeline.timings_for(fwd, cached)
     store, folder = pipeline.store, pipeline.store.request_dir()
@@ -128,7 +126,7 @@ def analyse_all(pipeline: Pipeline, source: Source, norm: str = "minmax", resize
 
 def grid_layout(pipeline: Pipeline, layer: str) -> GridLayout:
     """The feature-grid layout of ``layer`` at the pipeline's input size (no forward pass needed)."""
-    check_layer(layer)
+    check("layer", layer)
     side = pipeline.size // stride_of(layer)
     return GridLayout.for_maps(conv_channels(layer), side, side)
 
@@ -143,9 +141,9 @@ def explore(pipeline: Pipeline, source: Source, layer: str = "conv5_3", k: int =
     """``layer``'s feature maps (each channel, and merged) and the paper's view: the k channels with the
     strongest activation, each projected alone from that activation with ``rule``, cut to the unit's receptive
     field."""
-    check_layer(layer)
-    check_norm(norm)
-    check_rule(rule)
+    check("layer", layer)
+    check("normalisation", norm)
+    check("backward rule", rule)
     C = conv_channels(layer)
     k = whole_number(k, "k")
     if not 1 <= k <= C:
@@ -178,8 +176,8 @@ def channel(pipeline: Pipeline, source: Source, layer: str, number: int | float,
             resize: str = "crop", rule: str = "deconvnet") -> ChannelView:
     """One channel of ``layer``: feature map, its strongest activation projected alone with ``rule``, and the
     image patch."""
-    check_norm(norm)
-    check_rule(rule)
+    check("normalisation", norm)
+    check("backward rule", rule)
     c = check_channel(layer, number)
     fwd, _ = pipeline.forward(source, resize)
     projection, value, seconds = pipeline.single(fwd, layer, c, rule)
@@ -243,8 +241,8 @@ def classes(pipeline: Pipeline, source: Source, picked: str | int | None = None,
             resize: str = "crop", rule: str = "deconvnet") -> ClassView:
     """The projection of the predicted class's score and of ``picked``'s (a class name or index; None: the second
     most probable class), each with ``rule``."""
-    check_norm(norm)
-    check_rule(rule)
+    check("normalisation", norm)
+    check("backward rule", rule)
     fwd, cached = pipeline.forward(source, resize)
     timings = pipeline.timings_for(fwd, cached)
     names = pipeline.model.class_names
@@ -286,11 +284,11 @@ def rule_difference(pipeline: Pipeline, source: Source, target: str = "conv5_3",
     two rules; the difference of the two maps, each scaled to a largest |value| of 1, shown signed."""
     from demo.analyses.sanity.measure import similarity
 
-    check_norm(norm)
-    check_rule(first)
-    check_rule(second)
+    check("normalisation", norm)
+    check("backward rule", first)
+    check("backward rule", second)
     if target != "class":
-        check_layer(target)
+        check("layer", target)
     fwd, _ = pipeline.forward(source, resize)
     top = int(np.argmax(fwd.probs))
 
