@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT
+from conftest import ROOT, onnx_outputs
 
 from base import spec
 from demo.backward.deconvnet import (
@@ -103,10 +103,7 @@ def test_method_follows_the_channel_counts_and_the_windows(onnx_model):
 @pytest.fixture(scope="module")
 def forward(onnx_model):
     """onnxruntime's outputs for two 32x32 images, as NumPy and as torch tensors."""
-    x = np.random.default_rng(11).standard_normal((2, 3, 32, 32), dtype=np.float32)
-    _, acts, switches = onnx_model.run(x)
-    return acts, switches, {k: torch.from_numpy(v) for k, v in acts.items()}, \
-        {k: torch.from_numpy(v) for k, v in switches.items()}
+    return onnx_outputs(onnx_model, 32, seed=11, tensors=True)
 
 
 def _rel_err(got: np.ndarray, ref: torch.Tensor) -> float:
@@ -158,9 +155,7 @@ def test_single_activation_stays_in_its_receptive_field(onnx_model, forward):
 @pytest.fixture(scope="module")
 def forward64(onnx_model):
     """onnxruntime's outputs for two 64x64 images: room for receptive fields that do not cover the image."""
-    x = np.random.default_rng(5).standard_normal((2, 3, 64, 64), dtype=np.float32)
-    _, acts, switches = onnx_model.run(x)
-    return acts, switches
+    return onnx_outputs(onnx_model, 64, seed=5)
 
 
 def _torch_project_down(tiny_vgg, signal, layer, switches, image_of):
