@@ -8,7 +8,7 @@
 What it measures, on one 224x224 image and a random-weight VGG16 (speed does not depend on the weights):
 
 1. the 13 whole-layer projections (``mode="layer"``, conv1_1 ... conv5_3): our NumPy stage
-   (``demo/deconv_numpy.py``), the same computation in torch on the CPU (``model/deconvnet.py``) with the same
+   (``demo/backward/deconvnet.py``), the same computation in torch on the CPU (``model/deconvnet.py``) with the same
    thread count, and a notebook-style baseline (float64 NumPy unpooling through im2col-style 2x2 windows, one
    framework call per layer with conversions in between); seconds and ratios (the best of --repeats, NumPy and
    torch interleaved so that background load hits them alike). Target: NumPy at most 0.7x torch,

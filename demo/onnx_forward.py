@@ -140,7 +140,7 @@ def _linear_layers(graph: onnx.GraphProto) -> list[tuple[np.ndarray, np.ndarray]
 
 
 def head_weights(source: str | Path | onnx.ModelProto) -> Head:
-    """The class-score head of an exported VGG16 (a .onnx file or a loaded model), for ``demo.head_numpy``.
+    """The class-score head of an exported VGG16 (a .onnx file or a loaded model), for ``demo.backward.head``.
 
     The kind ("gmp" or "torchvision") is the model card's "head" (by the number of Linear layers for files
     without one); the Linear layers are read from the graph after the last Conv (Gemm, or MatMul + Add).

@@ -1,6 +1,6 @@
 """The deconvnet of Zeiler & Fergus, "Visualizing and Understanding Convolutional Networks" (arXiv 1311.2901).
 
-A PyTorch reference: the NumPy stage in ``demo/deconv_numpy.py`` must match it, and it must match independent
+A PyTorch reference: the NumPy stage in ``demo/backward/deconvnet.py`` must match it, and it must match independent
 definitions (autograd's backward pass with each ReLU's backward replaced by the rule's; ``tests/test_deconvnet.py``,
 ``tests/test_rules.py``, ``tests/test_class_projection.py``).
 

@@ -1,4 +1,4 @@
-"""Invariance curves (demo/analyses/invariance.py) on the tiny random-weight model: the transforms against their
+"""Invariance curves (demo/analyses/invariance/) on the tiny random-weight model: the transforms against their
 definitions, and the distances and probabilities against a direct computation."""
 
 from __future__ import annotations

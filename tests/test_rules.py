@@ -3,7 +3,7 @@
 - PyTorch reference (model/deconvnet.py) vs torch autograd through the network written out here, each ReLU's
   backward replaced by the rule's: "gradient" is plain autograd (F.relu), "guided" passes grad where grad > 0
   and input > 0, "deconvnet" passes relu(grad). Every conv layer, every mode, every rule, and rules per layer.
-- NumPy stage (demo/deconv_numpy.py) vs the reference, both fed onnxruntime's activations and switches (so a
+- NumPy stage (demo/backward/deconvnet.py) vs the reference, both fed onnxruntime's activations and switches (so a
   near-tie in a max-pool cannot flip an argmax between the two).
 - A hand-computed 4x4 case at one ReLU where the three rules differ.
 

@@ -19,12 +19,12 @@ from a conv layer down to the image, for that layer and each conv layer below it
    was (``base.spec.SWITCH_CONVENTION``: per-plane flat index), the other three positions get zero.
 
 Unpooling and the transposed convolutions are the same for every rule; the rule is applied in the copy that
-feeds each transposed convolution, unpooling too (``demo.deconv_kernels``: the methods and the copies;
-``demo.deconv_winograd``: Winograd's F(4x4, 3x3); ``demo.deconv_direct``: im2col and col2im;
-``demo.deconv_threads``: the threads; ``demo.deconv_descent``: the rows' way down).
+feeds each transposed convolution, unpooling too (``demo.backward.kernels``: the methods and the copies;
+``demo.backward.winograd``: Winograd's F(4x4, 3x3); ``demo.backward.direct``: im2col and col2im;
+``demo.backward.threads``: the threads; ``demo.backward.descent``: the rows' way down).
 
 Class projections (``Deconvnet.project_class``) start from a class score (the logit, before softmax): the head's
-backward pass (``demo.head_numpy``, with the rule at its own ReLUs) gives the signal at conv5_3's output, which
+backward pass (``demo.backward.head``, with the rule at its own ReLUs) gives the signal at conv5_3's output, which
 then descends from conv5_3 as above (the rule applies at conv5_3's ReLU too).
 
 Projections of single activations ("channel", "topk") touch only the receptive field: each step computes the
@@ -37,7 +37,7 @@ im2col's positions of all rows). Each row keeps its own receptive-field window: 
 size (the largest box) but each sits around its own row's box, so nine activations far apart cost what they cost
 alone. Unpooling reads each row's switches (as codes, made once per switches array) from its image
 (``image_of``). While windows are small the rows go through each layer together; once a batch would outgrow the
-cache (``demo.deconv_descent.BATCH_BYTES``), it goes on in groups. Rows that go down together round differently
+cache (``demo.backward.descent.BATCH_BYTES``), it goes on in groups. Rows that go down together round differently
 from rows going alone (to about 1e-6 of the largest value).
 """
 

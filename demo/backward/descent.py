@@ -1,7 +1,7 @@
 """The descent of the NumPy deconvnet: rows of signals, each in its receptive-field window, down to pixels.
 
-``demo/deconv_numpy.py`` holds the public functions and modes; this module runs their rows down the layers
-(``_descend``), each step's arithmetic being ``demo.deconv_kernels``'s. Rows are channels last, (B, h, w, C):
+``demo/backward/deconvnet.py`` holds the public functions and modes; this module runs their rows down the layers
+(``_descend``), each step's arithmetic being ``demo.backward.kernels``'s. Rows are channels last, (B, h, w, C):
 row b is the window at ``origin[b]`` of its feature map, ``boxes[b]`` bounding its non-zero part. Each step
 grows the boxes by 1 (a 3x3 transposed convolution) and doubles them (unpooling), and computes only the windows:
 one common size per step (the largest box), each placed around its own row's box. Unpooling happens inside the

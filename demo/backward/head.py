@@ -1,6 +1,6 @@
 """The class-score head of an exported VGG16 in float32 NumPy: logits from conv5_3, and their backward pass.
 
-A class projection (``demo.deconv_numpy.Deconvnet.project_class``) starts from one class's logit (before
+A class projection (``demo.backward.deconvnet.Deconvnet.project_class``) starts from one class's logit (before
 softmax) and needs the signal it sends to conv5_3's output. The head is recomputed here from the conv5_3
 activation (N, 512, h, w) and the Linear layers of the ONNX graph (``demo.onnx_forward.head_weights``), so the
 graph needs no extra outputs. Two heads (``model.vgg.HEADS``):
@@ -10,7 +10,7 @@ graph needs no extra outputs. Two heads (``model.vgg.HEADS``):
 - ``"torchvision"``: "pool5" (2x2/2 max-pool, floor mode), adaptive average pool to 7x7 (PyTorch's bins:
   bin i of n covers floor(i * n / 7) ... ceil((i + 1) * n / 7) - 1), flatten (512 * 7 * 7), Linear, ReLU "fc6",
   Linear, ReLU "fc7", Linear (Dropout is the identity at inference). Backward: the last Linear's row c, back
-  through "fc7" and "fc6" by their rules (``demo.deconv_kernels.relu_backward``, masks from those ReLUs'
+  through "fc7" and "fc6" by their rules (``demo.backward.kernels.relu_backward``, masks from those ReLUs'
   forward outputs) and the Linear layers' transposes, the adaptive pool's transpose (each bin's signal shared
   equally by its cells), and unpooling at pool5's maximum (first in row-major order within each 2x2 window).
 

@@ -1,6 +1,6 @@
 """Transposed 3x3 convolutions and unpooling in float32 NumPy: the kernels of the NumPy deconvnet.
 
-``demo/deconv_descent.py`` runs the descent (which layers, which windows, which rows); this module does each
+``demo/backward/descent.py`` runs the descent (which layers, which windows, which rows); this module does each
 step's arithmetic, on rows stored channels last (B, h, w, C), each row an (h, w) window of its feature map.
 
 One step (``_deconv_rows``): the rows' input is copied into a zero-padded frame (B, Hf, Wf, C_out) (``_fill``),
@@ -9,16 +9,16 @@ which also applies the backward rule of the layer's ReLU (``relu_backward``: dec
 unpooling cost no pass of their own. Then the transposed convolution, padding 1, by one of these methods, chosen
 per call from the layer's channel counts and the windows (``DeconvWeight.method_for``):
 
-- ``"winograd4"``, Winograd's F(4x4, 3x3) (``demo.deconv_winograd``, Lavin & Gray 2016): 4x fewer
+- ``"winograd4"``, Winograd's F(4x4, 3x3) (``demo.backward.winograd``, Lavin & Gray 2016): 4x fewer
   multiplications than the direct convolution, in 36 GEMMs between input and output transforms that read and
   write the frames in place, in cache-sized blocks. Every layer with 64 input channels or more, on whole maps.
 - ``"winograd"``, F(2x2, 3x3): 2.25x fewer multiplications, a 16-GEMM weight (not 36): for maps of a few tiles,
   where reading F(4x4)'s larger weight costs more than its multiplications save (conv5 at 224 px).
-- ``"im2col"`` over shifted rows (``demo.deconv_direct``): the 9-tap weight, for the smallest windows (the top of
+- ``"im2col"`` over shifted rows (``demo.backward.direct``): the 9-tap weight, for the smallest windows (the top of
   a single activation's descent).
-- ``"col2im"`` (``demo.deconv_direct``), when C_in is small: conv1_1's 3 output channels.
+- ``"col2im"`` (``demo.backward.direct``), when C_in is small: conv1_1's 3 output channels.
 
-The threads (``demo.deconv_threads``): each step's copies, blocks and chunks are split between our threads, BLAS
+The threads (``demo.backward.threads``): each step's copies, blocks and chunks are split between our threads, BLAS
 running on one thread meanwhile.
 """
 
@@ -56,7 +56,7 @@ class DeconvWeight:
       transposed convolution correlates with the flipped, in/out-swapped kernel);
     - ``"col2im"``: (C_out, 9 * C_in), column (kh * 3 + kw) * C_in + ci holding weight[:, ci, kh, kw];
     - ``"winograd4"`` / ``"winograd"``: U (36, C_out, C_in) / (16, C_out, C_in), G g G^T of the flipped kernel
-      (``demo.deconv_winograd.winograd_weight``).
+      (``demo.backward.winograd.winograd_weight``).
     """
 
     weight: np.ndarray

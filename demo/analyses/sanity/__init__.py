@@ -26,7 +26,7 @@ The randomized network runs in onnxruntime: a session on the same .onnx file who
 it copies the file's own conv weights into re-ordered initializers and so silently ignores the overrides
 (measured with onnxruntime 1.31; a randomized forward pass identical to the trained one raises RuntimeError).
 Step 0 runs in a session of the same settings, so that the layers a step leaves trained compute bit for bit
-what they compute at step 0. The NumPy deconvnet (``demo.deconv_numpy.Deconvnet``) projects with the same
+what they compute at step 0. The NumPy deconvnet (``demo.backward.deconvnet.Deconvnet``) projects with the same
 randomized conv weights, and class targets go through the same randomized head.
 
 **Targets** (``--target``):

@@ -218,7 +218,7 @@ def _deconvnet(weights: Mapping[str, np.ndarray], layouts: Mapping[str, DeconvWe
     """``Deconvnet(weights)`` with the transposed-convolution layouts ``layouts`` prepared beforehand (each layer's
     once per state, trained or random, instead of all 13 per step); tests check it against the constructor."""
     # The only place that reaches into Deconvnet's private state (``_wmats``, ``_model``, as its __init__ sets
-    # them): replace this body by a public constructor taking prepared layouts once demo.deconv_numpy offers one.
+    # them): replace this body by a public constructor taking prepared layouts once demo.backward.deconvnet offers one.
     net = Deconvnet.__new__(Deconvnet)
     net.weights = {name: weights[name] for name in CONV_LAYERS}
     net._wmats = {name: layouts[name] for name in CONV_LAYERS}
