@@ -104,7 +104,8 @@ def test_the_steps_describe_the_network_once():
 
     assert [s.name for s in STEPS] == list(spec.CONV_LAYERS)
     assert all(s.pool == spec.pool_below(s.name) and s.c_out == spec.conv_channels(s.name) for s in STEPS)
-    assert all(below.c_out == above.c_in for below, above in zip(STEPS[:-1], STEPS[1:], strict=True)) and STEPS[0].c_in == 3
+    assert STEPS[0].c_in == 3
+    assert all(below.c_out == above.c_in for below, above in zip(STEPS[:-1], STEPS[1:], strict=True))
     assert [s.name for s in steps_down("conv2_1")] == ["conv2_1", "conv1_2", "conv1_1"]
 
 
