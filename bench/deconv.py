@@ -8,7 +8,7 @@
 What it measures, on one 224x224 image and a random-weight VGG16 (speed does not depend on the weights):
 
 1. the 13 whole-layer projections (``mode="layer"``, conv1_1 ... conv5_3): our NumPy stage
-   (``demo/deconv_numpy.py``), the same computation in torch on the CPU (``model/deconvnet.py``) with the same
+   (``demo/backward/deconvnet.py``), the same computation in torch on the CPU (``model/deconvnet.py``) with the same
    thread count, and a notebook-style baseline (float64 NumPy unpooling through im2col-style 2x2 windows, one
    framework call per layer with conversions in between); seconds and ratios (the best of --repeats, NumPy and
    torch interleaved so that background load hits them alike). Target: NumPy at most 0.7x torch,
@@ -75,19 +75,19 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
 
 
 CONFIG = parse_args()
-THREADS = CONFIG.threads or len(os.sched_getaffinity(0))
-os.environ["OPENBLAS_NUM_THREADS"] = str(THREADS)  # before NumPy loads OpenBLAS
-os.environ["OMP_NUM_THREADS"] = str(THREADS)
 sys.path.insert(0, str(ROOT))
+from base.cli import cpu_threads, set_threads  # noqa: E402  (loads no NumPy)
+
+THREADS = set_threads(CONFIG.threads or cpu_threads())  # BLAS and OpenMP pools, before NumPy loads OpenBLAS
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from demo.deconv_kernels import _deconv_plane, deconv, prepare_weight  # noqa: E402
-from demo.deconv_numpy import Deconvnet as NumpyDeconvnet  # noqa: E402
+from base.spec import CONV_LAYERS, pool_below  # noqa: E402
+from demo.backward.deconvnet import Deconvnet as NumpyDeconvnet  # noqa: E402
+from demo.backward.kernels import _deconv_plane, deconv, prepare_weight  # noqa: E402
 from model.deconvnet import Deconvnet as TorchDeconvnet  # noqa: E402
-from model.spec import CONV_LAYERS, pool_below  # noqa: E402
 from model.vgg import VGG  # noqa: E402
 
 

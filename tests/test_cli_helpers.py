@@ -1,16 +1,19 @@
-"""What every command line shares (demo/cli.py): exit codes and error lines, atomic writes, threads, options."""
+"""What every command line shares (base/cli.py): exit codes and error lines, atomic writes, threads, options."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from conftest import make_image
 
-from demo import cli
-from model.spec import CONV_LAYERS
+from base import cli
+from base.spec import CONV_LAYERS
 
 
 def test_run_cli_turns_errors_into_one_line_and_a_status(capsys):
@@ -104,3 +107,12 @@ def test_common_model_options():
     q = argparse.ArgumentParser()
     cli.add_model_options(q, resize=False)
     assert not hasattr(q.parse_args([]), "resize") and q.parse_args([]).device == "auto"
+
+
+def test_the_cli_helpers_load_no_numpy():
+    """``set_threads`` sizes the BLAS pools only before NumPy loads: importing ``base.cli`` must not load it."""
+    code = "import sys, base.cli\nprint(sorted(m for m in ('numpy', 'PIL') if m in sys.modules))"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

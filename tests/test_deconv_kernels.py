@@ -15,10 +15,10 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-import demo.deconv_winograd as dw
-from demo.deconv_kernels import METHODS, Place, _deconv_rows, _unpool_into, deconv, prepare_weight, switch_codes
-from demo.deconv_threads import parts
-from model import spec
+import demo.backward.winograd as dw
+from base import spec
+from demo.backward.kernels import METHODS, Place, _deconv_rows, _unpool_into, deconv, prepare_weight, switch_codes
+from demo.backward.threads import parts
 
 LAYER_SHAPES = sorted({(spec.conv_channels(name), ([3] + [spec.conv_channels(n) for n in spec.CONV_LAYERS])[i])
                        for i, name in enumerate(spec.CONV_LAYERS)})  # (C_out, C_in) of VGG16's transposed convs

@@ -52,7 +52,7 @@ def _one_line(err: BaseException) -> str:
 def run_cli(run: Callable[[Config], object], config: Config, debug: bool | None = None) -> int:
     """Call ``run(config)`` and turn what it raises into an exit status and one line on stderr.
 
-    ValueError (``UsageError``, ``model.images.ImageError``...), FileNotFoundError, IsADirectoryError,
+    ValueError (``UsageError``, ``base.images.ImageError``...), FileNotFoundError, IsADirectoryError,
     NotADirectoryError and PermissionError mean bad input: status 2. Anything else is an internal error: status 1.
     """
     debug = debug_requested() if debug is None else debug
@@ -146,13 +146,13 @@ def add_model_options(parser: argparse.ArgumentParser, resize: bool = True, norm
                         help="where onnxruntime runs the network: auto (CUDA if a GPU is usable), cuda, cpu "
                              "(default: %(default)s)")
     if resize:
-        from demo.preprocess import RESIZE_MODES
+        from base.images import RESIZE_MODES  # base.images and base.display load NumPy: not at import
 
         parser.add_argument("--resize", choices=RESIZE_MODES, default="crop",
                             help="crop: short side to the input size, then the centre square, as in training; "
                                  "stretch: the whole image squashed to a square (default: %(default)s)")
     if norm:
-        from demo.display import NORMS
+        from base.display import NORMS
 
         parser.add_argument("--norm", choices=NORMS, default="minmax",
                             help="how a reconstruction becomes pixels: minmax (per image), signed (zero at "
@@ -163,7 +163,7 @@ def add_model_options(parser: argparse.ArgumentParser, resize: bool = True, norm
 def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
     """The image files ``inputs`` name: folders searched recursively for image suffixes (sorted), anything else
     kept as given (a missing or unreadable file is reported when it is opened, beside the others)."""
-    from model.images import IMAGE_EXTENSIONS
+    from base.images import IMAGE_EXTENSIONS
 
     found: list[Path] = []
     for item in map(Path, inputs):
@@ -176,7 +176,7 @@ def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
 
 def parse_layers(text: str) -> list[str]:
     """"all", one layer or a comma-separated list -> conv layer names (validated)."""
-    from model.spec import CONV_LAYERS
+    from base.spec import CONV_LAYERS
 
     layers = list(CONV_LAYERS) if text == "all" else [t.strip() for t in text.split(",") if t.strip()]
     unknown = [name for name in layers if name not in CONV_LAYERS]
