@@ -34,7 +34,7 @@ import numpy as np
 
 BLOCK_BYTES = 1 << 19  # transformed input (V) of one block: it and the block's other arrays stay in the caches
 MIN_BLOCK_TILES = 64  # ... unless that leaves a block's GEMMs fewer columns (tiles) than this
-MIN_PART_CHANNELS = 64  # output channels of one part of a block split between threads
+MIN_PART_CHANNELS = 32  # output channels of one part of a block split between threads
 
 
 def cook_toom(points: Sequence[int | Fraction], m: int, r: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -120,8 +120,8 @@ def winograd(frame: np.ndarray, U: np.ndarray, m: int, H: int, W: int, each: Blo
     Blocks: tile rows a0:a1 of one row b, or whole rows b0:b1 once a row has fewer tiles than a block; each block
     goes through ``_block``, ``each`` running them (one after another, or on threads: they write disjoint parts
     of the output). With fewer blocks than ``threads`` (a small map), each block is also split by its output
-    channels, into parts of at least ``MIN_PART_CHANNELS`` (each part reads its share of U and repeats the input
-    transform). ``U`` (n * n, C_out, C_in) from ``winograd_weight``.
+    channels (``channel_parts``), each part of at least ``MIN_PART_CHANNELS`` (each part reads its share of U
+    and repeats the input transform). ``U`` (n * n, C_out, C_in) from ``winograd_weight``.
     """
     B, Hf, Wf, C_out = frame.shape
     C_in = U.shape[2]
@@ -135,11 +135,22 @@ def winograd(frame: np.ndarray, U: np.ndarray, m: int, H: int, W: int, each: Blo
     else:  # groups of whole rows
         step = max(1, tiles // (Th * Tw))
         blocks = [(slice(b, min(b + step, B)), slice(0, Th)) for b in range(0, B, step)]
-    parts = max(1, min(threads // len(blocks), C_in // MIN_PART_CHANNELS))
+    parts = channel_parts(len(blocks), threads, C_in // MIN_PART_CHANNELS)
     channels = [slice(C_in * k // parts, C_in * (k + 1) // parts) for k in range(parts)]
     items = [(rows, band, cs) for rows, band in blocks for cs in channels]
     each(lambda i: _block(frame, U, m, *items[i], y), len(items))
     return y[:, :H, :W]
+
+
+def channel_parts(blocks: int, threads: int, most: int) -> int:
+    """Into how many parts (1..``most``) to split each of ``blocks`` equal blocks by output channels for
+    ``threads`` threads: the fewest whose time, ceil(blocks * parts / threads) / parts of a block's, is within 20%
+    of the best (a part repeats the input transform: more parts only where they shorten the step)."""
+    if blocks >= threads or most <= 1:
+        return 1
+    spans = {p: -(-blocks * p // threads) / p for p in range(1, most + 1)}
+    best = min(spans.values())
+    return min(p for p, span in spans.items() if span <= 1.2 * best)
 
 
 def _block(frame: np.ndarray, U: np.ndarray, m: int, rows: slice, band: slice, cs: slice, y: np.ndarray) -> None:
