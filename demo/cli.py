@@ -118,17 +118,24 @@ BLAS_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
 
 
 def set_threads(threads: int | None) -> int:
-    """Size NumPy's BLAS/OpenMP thread pools (effective only before NumPy is imported); returns the thread count.
+    """Size NumPy's BLAS/OpenMP thread pools and the NumPy deconvnet's threads; returns the thread count.
 
-    ``None`` keeps what the environment says and otherwise uses every core this process may run on.
+    ``None`` keeps what the environment says and otherwise uses every core this process may run on. The
+    environment variables size the pools of libraries not yet imported; the deconvnet's threads and NumPy's
+    OpenBLAS follow at any time (``demo.deconv_threads.set_threads``).
     """
     if threads is None:
         threads = cpu_threads()
         for var in BLAS_THREAD_VARS:
             os.environ.setdefault(var, str(threads))
+        kernel_threads = None  # the environment's count
     else:
         for var in BLAS_THREAD_VARS:
             os.environ[var] = str(threads)
+        kernel_threads = threads
+    from demo.deconv_threads import set_threads as set_kernel_threads  # imports NumPy: after the variables
+
+    set_kernel_threads(kernel_threads)
     return threads
 
 
