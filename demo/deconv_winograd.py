@@ -34,7 +34,7 @@ import numpy as np
 
 BLOCK_BYTES = 1 << 19  # transformed input (V) of one block: it and the block's other arrays stay in the caches
 MIN_BLOCK_TILES = 64  # ... unless that leaves a block's GEMMs fewer columns (tiles) than this
-MIN_PART_CHANNELS = 32  # output channels of one part of a block split between threads
+GEMMS_PER_THREAD = 2  # small maps: pieces of a step's n^2 GEMMs per thread
 
 
 def cook_toom(points: Sequence[int | Fraction], m: int, r: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -119,9 +119,10 @@ def winograd(frame: np.ndarray, U: np.ndarray, m: int, H: int, W: int, each: Blo
 
     Blocks: tile rows a0:a1 of one row b, or whole rows b0:b1 once a row has fewer tiles than a block; each block
     goes through ``_block``, ``each`` running them (one after another, or on threads: they write disjoint parts
-    of the output). With fewer blocks than ``threads`` (a small map), each block is also split by its output
-    channels (``channel_parts``), each part of at least ``MIN_PART_CHANNELS`` (each part reads its share of U
-    and repeats the input transform). ``U`` (n * n, C_out, C_in) from ``winograd_weight``.
+    of the output). With fewer blocks than ``threads`` (a small map), the n^2 GEMMs of each block are split
+    between the threads instead (``_split_block``): every input transform, then the GEMMs in groups, then every
+    output transform. Every GEMM is the same call whatever the split, so the output does not depend on the thread
+    count. ``U`` (n * n, C_out, C_in) from ``winograd_weight``.
     """
     B, Hf, Wf, C_out = frame.shape
     C_in = U.shape[2]
@@ -135,34 +136,52 @@ def winograd(frame: np.ndarray, U: np.ndarray, m: int, H: int, W: int, each: Blo
     else:  # groups of whole rows
         step = max(1, tiles // (Th * Tw))
         blocks = [(slice(b, min(b + step, B)), slice(0, Th)) for b in range(0, B, step)]
-    parts = channel_parts(len(blocks), threads, C_in // MIN_PART_CHANNELS)
-    channels = [slice(C_in * k // parts, C_in * (k + 1) // parts) for k in range(parts)]
-    items = [(rows, band, cs) for rows, band in blocks for cs in channels]
-    each(lambda i: _block(frame, U, m, *items[i], y), len(items))
+    if len(blocks) >= threads:
+        each(lambda i: _block(frame, U, m, *blocks[i], y), len(blocks))
+    else:
+        _split_blocks(frame, U, m, blocks, y, each, threads)
     return y[:, :H, :W]
 
 
-def channel_parts(blocks: int, threads: int, most: int) -> int:
-    """Into how many parts (1..``most``) to split each of ``blocks`` equal blocks by output channels for
-    ``threads`` threads: the fewest whose time, ceil(blocks * parts / threads) / parts of a block's, is within 20%
-    of the best (a part repeats the input transform: more parts only where they shorten the step)."""
-    if blocks >= threads or most <= 1:
-        return 1
-    spans = {p: -(-blocks * p // threads) / p for p in range(1, most + 1)}
-    best = min(spans.values())
-    return min(p for p, span in spans.items() if span <= 1.2 * best)
+def _block(frame: np.ndarray, U: np.ndarray, m: int, rows: slice, band: slice, y: np.ndarray) -> None:
+    """Tile rows ``band`` of rows ``rows``: frame (B, Hf, Wf, C_out) -> their m x m tiles in y (B, .., .., C_in)."""
+    _transform_out(np.matmul(_transform_in(frame, m, rows, band), U), m, rows, band, y)
 
 
-def _block(frame: np.ndarray, U: np.ndarray, m: int, rows: slice, band: slice, cs: slice, y: np.ndarray) -> None:
-    """Tile rows ``band`` of rows ``rows``, output channels ``cs``: frame (B, Hf, Wf, C_out) -> their m x m tiles
-    in y (B, .., .., C_in).
+def _split_blocks(frame: np.ndarray, U: np.ndarray, m: int, blocks: list[tuple[slice, slice]], y: np.ndarray,
+                  each: Blocks, threads: int) -> None:
+    """``_block`` of each of ``blocks``, in three steps that each run on the threads: the input transforms, the
+    n^2 GEMMs V[k] @ U[k] in groups of k (``GEMMS_PER_THREAD`` groups per thread in all), the output
+    transforms."""
+    nn, C_in = U.shape[0], U.shape[2]
+    v: list[np.ndarray | None] = [None] * len(blocks)
+    mm: list[np.ndarray | None] = [None] * len(blocks)
 
-    Channels last: every strided view below moves whole runs of C_out (or C_in) contiguous floats.
+    def transform_in(i: int) -> None:
+        v[i] = _transform_in(frame, m, *blocks[i])
+        mm[i] = np.empty((nn, v[i].shape[1], C_in), dtype=np.float32)
+
+    groups = min(nn, -(-GEMMS_PER_THREAD * threads // len(blocks)))
+    ks = [(nn * g // groups, nn * (g + 1) // groups) for g in range(groups)]
+    items = [(i, k0, k1) for i in range(len(blocks)) for k0, k1 in ks]
+
+    def gemms(j: int) -> None:
+        i, k0, k1 = items[j]
+        np.matmul(v[i][k0:k1], U[k0:k1], out=mm[i][k0:k1])
+
+    each(transform_in, len(blocks))
+    each(gemms, len(items))
+    each(lambda i: _transform_out(mm[i], m, *blocks[i], y), len(blocks))
+
+
+def _transform_in(frame: np.ndarray, m: int, rows: slice, band: slice) -> np.ndarray:
+    """B^T d B of the tiles of tile rows ``band`` of rows ``rows`` of frame (B, Hf, Wf, C_out): V (n * n, tiles,
+    C_out), V[s * n + r] the (r, s) entry of every tile.
+
+    Channels last: every strided view below moves whole runs of C_out contiguous floats.
     """
     B, Hf, Wf, C_out = frame.shape
-    U = U[:, :, cs]
-    C_in = U.shape[2]
-    AT, BT = _TRANSFORMS32[m]
+    _, BT = _TRANSFORMS32[m]
     n = m + 2
     nb, na, Tw = rows.stop - rows.start, band.stop - band.start, (Wf - 2) // m
     sb, sh, sw, sc = frame.strides
@@ -173,10 +192,18 @@ def _block(frame: np.ndarray, U: np.ndarray, m: int, rows: slice, band: slice, c
     # B^T on the columns: e[s, r', b, a, j, c] = t[b, a, r', m * j + s, c]
     st = t.strides
     e = np.ndarray((n, n, nb, na, Tw, C_out), np.float32, t, 0, (st[3], st[2], st[0], st[1], m * st[3], st[4]))
-    v = np.matmul(BT, e.reshape(n, -1)).reshape(n * n, nb * na * Tw, C_out)  # V[s' * n + r']: (tiles, C_out)
-    mm = np.matmul(v, U)  # (n * n, tiles, C_in): the n^2 GEMMs
+    return np.matmul(BT, e.reshape(n, -1)).reshape(n * n, nb * na * Tw, C_out)  # V[s' * n + r']: (tiles, C_out)
+
+
+def _transform_out(mm: np.ndarray, m: int, rows: slice, band: slice, y: np.ndarray) -> None:
+    """A^T M A of the products ``mm`` (n * n, tiles, C_in) of tile rows ``band`` of rows ``rows``: their m x m
+    output tiles, written in place in y (B, .., .., C_in)."""
+    AT, _ = _TRANSFORMS32[m]
+    n, C_in = m + 2, y.shape[3]
+    nb, na = rows.stop - rows.start, band.stop - band.start
+    Tw = y.shape[2] // m
     # A^T on the columns (s' -> q), then on the rows (r' -> p)
     o = np.matmul(AT, mm.reshape(n, -1)).reshape(m, n, nb * na * Tw * C_in)
     o = np.matmul(AT, o).reshape(m, m, nb, na, Tw, C_in)  # (q, p, nb, na, Tw, C_in)
-    out = y[rows, m * band.start : m * band.stop, :, cs].reshape(nb, na, m, Tw, m, C_in)
+    out = y[rows, m * band.start : m * band.stop].reshape(nb, na, m, Tw, m, C_in)
     np.copyto(out, o.transpose(2, 3, 1, 4, 0, 5))
