@@ -12,7 +12,7 @@ F(2, 3) (Lavin & Gray's), and 0, +-3/2, +-2/3 for F(4, 3). The transforms are GE
 nothing in speed, only the float32 error depends on them. Against a float64 direct convolution, on VGG16's 12
 layers with 64 input channels or more (largest error over largest value): Lavin & Gray's 0, +-1, +-2 reach
 1.1e-5 on random data and 3.3e-6 on a photo through trained weights; +-1/2 instead of +-2 the same; 0, +-3/2,
-+-2/3 reach 2.5e-6 and 1.0e-6 (the relative L2 error halves, to 1e-6 and 4e-7); F(2, 3) 6e-7. Those errors
++-2/3 reach 2.5e-6 and 1.0e-6 (the relative L2 error slabs, to 1e-6 and 4e-7); F(2, 3) 6e-7. Those errors
 add up over a descent: a conv5_3 projection stays near 1.5e-6 of torch's (the parity bound is 1e-4).
 
 Data movement. The input is a zero-padded frame (B, m * Th + 2, m * Tw + 2, C_out) of B rows, Th x Tw tiles
@@ -120,9 +120,10 @@ def winograd(frame: np.ndarray, U: np.ndarray, m: int, H: int, W: int, each: Blo
     Blocks: tile rows a0:a1 of one row b, or whole rows b0:b1 once a row has fewer tiles than a block; each block
     goes through ``_block``, ``each`` running them (one after another, or on threads: they write disjoint parts
     of the output). With fewer blocks than ``threads`` (a small map), the n^2 GEMMs of each block are split
-    between the threads instead (``_split_block``): every input transform, then the GEMMs in groups, then every
-    output transform. Every GEMM is the same call whatever the split, so the output does not depend on the thread
-    count. ``U`` (n * n, C_out, C_in) from ``winograd_weight``.
+    between the threads instead (``_split_blocks``): every input transform, then the GEMMs in groups, then every
+    output transform. Every GEMM of U is the same call whatever the split, and the transforms' GEMMs (sums of n
+    terms) come out the same on any part of the tiles: the output does not depend on the thread count (the tests
+    check it). ``U`` (n * n, C_out, C_in) from ``winograd_weight``.
     """
     B, Hf, Wf, C_out = frame.shape
     C_in = U.shape[2]
@@ -151,27 +152,47 @@ def _block(frame: np.ndarray, U: np.ndarray, m: int, rows: slice, band: slice, y
 def _split_blocks(frame: np.ndarray, U: np.ndarray, m: int, blocks: list[tuple[slice, slice]], y: np.ndarray,
                   each: Blocks, threads: int) -> None:
     """``_block`` of each of ``blocks``, in three steps that each run on the threads: the input transforms, the
-    n^2 GEMMs V[k] @ U[k] in groups of k (``GEMMS_PER_THREAD`` groups per thread in all), the output
-    transforms."""
+    n^2 GEMMs V[k] @ U[k] in groups of k, the output transforms; ``GEMMS_PER_THREAD`` pieces per thread in all,
+    the transforms of a block in parts of its tile rows (or of its rows)."""
     nn, C_in = U.shape[0], U.shape[2]
-    v: list[np.ndarray | None] = [None] * len(blocks)
-    mm: list[np.ndarray | None] = [None] * len(blocks)
+    pieces = -(-GEMMS_PER_THREAD * threads // len(blocks))  # per block
+    v, mm, parts = [], [], []  # per block: V, the products, the parts (rows, band, first tile, end tile)
+    for rows, band in blocks:
+        nb, na = rows.stop - rows.start, band.stop - band.start
+        tiles = nb * na * (frame.shape[2] - 2) // m
+        v.append(np.empty((nn, tiles, frame.shape[3]), dtype=np.float32))
+        mm.append(np.empty((nn, tiles, C_in), dtype=np.float32))
+        if nb > 1:  # whole rows: parts of the rows
+            k = min(nb, pieces)
+            cuts = [rows.start + nb * i // k for i in range(k + 1)]
+            split = [(slice(r0, r1), band) for r0, r1 in zip(cuts[:-1], cuts[1:], strict=True)]
+        else:  # tile rows of one row: parts of the tile rows
+            k = min(na, pieces)
+            cuts = [band.start + na * i // k for i in range(k + 1)]
+            split = [(rows, slice(a0, a1)) for a0, a1 in zip(cuts[:-1], cuts[1:], strict=True)]
+        per_tile = tiles // (nb * na)  # tiles of one tile row of one row
+        firsts = [((r.start - rows.start) * na + (b.start - band.start)) * per_tile for r, b in split]
+        parts.append([(r, b, t0, t0 + (r.stop - r.start) * (b.stop - b.start) * per_tile)
+                      for (r, b), t0 in zip(split, firsts, strict=True)])
+    slabs = [(i, *part) for i, block_parts in enumerate(parts) for part in block_parts]
+    groups = min(nn, pieces)
+    gemms = [(i, nn * g // groups, nn * (g + 1) // groups) for i in range(len(blocks)) for g in range(groups)]
 
-    def transform_in(i: int) -> None:
-        v[i] = _transform_in(frame, m, *blocks[i])
-        mm[i] = np.empty((nn, v[i].shape[1], C_in), dtype=np.float32)
+    def transform_in(j: int) -> None:
+        i, rows, band, t0, t1 = slabs[j]
+        v[i][:, t0:t1] = _transform_in(frame, m, rows, band)
 
-    groups = min(nn, -(-GEMMS_PER_THREAD * threads // len(blocks)))
-    ks = [(nn * g // groups, nn * (g + 1) // groups) for g in range(groups)]
-    items = [(i, k0, k1) for i in range(len(blocks)) for k0, k1 in ks]
-
-    def gemms(j: int) -> None:
-        i, k0, k1 = items[j]
+    def gemm(j: int) -> None:
+        i, k0, k1 = gemms[j]
         np.matmul(v[i][k0:k1], U[k0:k1], out=mm[i][k0:k1])
 
-    each(transform_in, len(blocks))
-    each(gemms, len(items))
-    each(lambda i: _transform_out(mm[i], m, *blocks[i], y), len(blocks))
+    def transform_out(j: int) -> None:
+        i, rows, band, t0, t1 = slabs[j]
+        _transform_out(mm[i][:, t0:t1], m, rows, band, y)
+
+    each(transform_in, len(slabs))
+    each(gemm, len(gemms))
+    each(transform_out, len(slabs))
 
 
 def _transform_in(frame: np.ndarray, m: int, rows: slice, band: slice) -> np.ndarray:
