@@ -119,11 +119,12 @@ def winograd(frame: np.ndarray, U: np.ndarray, m: int, H: int, W: int, each: Blo
 
     Blocks: tile rows a0:a1 of one row b, or whole rows b0:b1 once a row has fewer tiles than a block; each block
     goes through ``_block``, ``each`` running them (one after another, or on threads: they write disjoint parts
-    of the output). With fewer blocks than ``threads`` (a small map), the n^2 GEMMs of each block are split
-    between the threads instead (``_split_blocks``): every input transform, then the GEMMs in groups, then every
-    output transform. Every GEMM of U is the same call whatever the split, and the transforms' GEMMs (sums of n
-    terms) come out the same on any part of the tiles: the output does not depend on the thread count (the tests
-    check it). ``U`` (n * n, C_out, C_in) from ``winograd_weight``.
+    of the output). When whole blocks would leave the threads idle more than a fifth of the time (a small map:
+    fewer blocks than threads, or just more), the n^2 GEMMs of each block are split between the threads instead
+    (``_split_blocks``): every input transform, then the GEMMs in groups, then every output transform. Every GEMM
+    of U is the same call whatever the split, and the transforms' GEMMs (sums of n terms) come out the same on any
+    part of the tiles: the output does not depend on the thread count (the tests check it). ``U`` (n * n, C_out,
+    C_in) from ``winograd_weight``.
     """
     B, Hf, Wf, C_out = frame.shape
     C_in = U.shape[2]
@@ -137,7 +138,7 @@ def winograd(frame: np.ndarray, U: np.ndarray, m: int, H: int, W: int, each: Blo
     else:  # groups of whole rows
         step = max(1, tiles // (Th * Tw))
         blocks = [(slice(b, min(b + step, B)), slice(0, Th)) for b in range(0, B, step)]
-    if len(blocks) >= threads:
+    if len(blocks) >= 0.8 * threads * -(-len(blocks) // threads):  # whole blocks keep the threads 80% busy
         each(lambda i: _block(frame, U, m, *blocks[i], y), len(blocks))
     else:
         _split_blocks(frame, U, m, blocks, y, each, threads)
