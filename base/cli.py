@@ -117,18 +117,34 @@ def cpu_threads() -> int:
 BLAS_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def set_threads(threads: int | None) -> int:
-    """Size NumPy's BLAS/OpenMP thread pools (effective only before NumPy is imported); returns the thread count.
+_THREAD_LISTENERS: list[Callable[[int | None], object]] = []
 
-    ``None`` keeps what the environment says and otherwise uses every core this process may run on.
+
+def on_set_threads(listener: Callable[[int | None], object]) -> None:
+    """Call ``listener(count)`` on every later ``set_threads`` (count None: the environment's). Thread pools that
+    live above this module (the NumPy backward stage's) register here, so that ``--threads`` reaches them at run
+    time while this module imports nothing of theirs."""
+    _THREAD_LISTENERS.append(listener)
+
+
+def set_threads(threads: int | None) -> int:
+    """Size NumPy's BLAS/OpenMP thread pools and every registered pool (``on_set_threads``); returns the count.
+
+    ``None`` keeps what the environment says and otherwise uses every core this process may run on. The
+    environment variables size the pools of libraries not yet imported (a pool registered later reads them);
+    registered pools, such as the NumPy backward stage's threads and NumPy's OpenBLAS, follow at any time.
     """
     if threads is None:
         threads = cpu_threads()
         for var in BLAS_THREAD_VARS:
             os.environ.setdefault(var, str(threads))
+        listened = None  # the environment's count
     else:
         for var in BLAS_THREAD_VARS:
             os.environ[var] = str(threads)
+        listened = threads
+    for listener in _THREAD_LISTENERS:
+        listener(listened)
     return threads
 
 

@@ -88,9 +88,17 @@ def test_threads_and_session_options(monkeypatch):
     assert cli.cpu_threads() == len(os.sched_getaffinity(0))
     for var in cli.BLAS_THREAD_VARS:
         monkeypatch.delenv(var, raising=False)
-    assert cli.set_threads(3) == 3 and all(os.environ[v] == "3" for v in cli.BLAS_THREAD_VARS)
-    monkeypatch.setenv("OMP_NUM_THREADS", "5")
-    assert cli.set_threads(None) == cli.cpu_threads() and os.environ["OMP_NUM_THREADS"] == "5"  # kept
+    from demo.backward import threads as deconv_threads
+
+    before = deconv_threads.get_threads()
+    try:
+        assert cli.set_threads(3) == 3 and all(os.environ[v] == "3" for v in cli.BLAS_THREAD_VARS)
+        assert deconv_threads.get_threads() == 3  # the NumPy stage follows at run time
+        monkeypatch.setenv("OMP_NUM_THREADS", "5")
+        assert cli.set_threads(None) == cli.cpu_threads() and os.environ["OMP_NUM_THREADS"] == "5"  # kept
+        assert deconv_threads.get_threads() == 3  # OPENBLAS_NUM_THREADS, set above
+    finally:
+        deconv_threads.set_threads(before)
     from demo.onnx_forward import session_options
 
     options = session_options(2)

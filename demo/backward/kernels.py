@@ -18,8 +18,9 @@ per call from the layer's channel counts and the windows (``DeconvWeight.method_
   a single activation's descent).
 - ``"col2im"`` (``demo.backward.direct``), when C_in is small: conv1_1's 3 output channels.
 
-The threads (``demo.backward.threads``): each step's copies, blocks and chunks are split between our threads, BLAS
-running on one thread meanwhile.
+The threads (``demo.backward.threads``, their count set at run time by ``set_threads``): each step's copies, blocks
+(or, on small maps, groups of Winograd's GEMMs) and chunks are split between our threads, BLAS running on one
+thread meanwhile; every thread count gives the same results (bit for bit in the tests).
 """
 
 from __future__ import annotations
