@@ -12,8 +12,8 @@ import threading
 import numpy as np
 import pytest
 import torch
-from model.spec import CONV_LAYERS
 
+from base.spec import CONV_LAYERS
 from demo.backward import threads as dt
 from demo.backward.deconvnet import Deconvnet
 from demo.backward.kernels import deconv
