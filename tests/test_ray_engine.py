@@ -21,12 +21,15 @@ import pytest
 from conftest import make_image
 from PIL import Image
 
-from demo import predict
+from base import spec
 from demo.analyses import dataset, ray_engine
 from demo.analyses.atlas import cli as atlas_cli
+from demo.analyses.atlas.config import MineConfig
 from demo.analyses.atlas.mine import TopK, stream
 from demo.analyses.health import cli as health_cli
-from model import spec
+from demo.analyses.health.config import HealthConfig
+from demo.analyses.predict import cli as predict_cli
+from demo.analyses.predict.config import PredictConfig
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                reason="Ray is optional: pip install -r requirements-ray.txt")
@@ -108,8 +111,8 @@ def test_bad_engine_options_are_one_line(data, tiny_onnx, tmp_path, capsys):
 
 def test_without_ray_the_engine_says_how_to_install_it(data, tiny_onnx, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
-    code = predict.main(["--labels", str(data), "--model", str(tiny_onnx), "--csv", str(tmp_path / "p.csv"),
-                         "--engine", "ray"])
+    code = predict_cli.main(["--labels", str(data), "--model", str(tiny_onnx), "--csv", str(tmp_path / "p.csv"),
+                             "--engine", "ray"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith("error: ") and "pip install -r requirements-ray.txt" in err[0]
@@ -130,8 +133,8 @@ def test_an_unreachable_cluster_is_one_line(data, tiny_onnx, tmp_path, capsys):
 @needs_ray
 def test_atlas_on_ray_equals_local_even_when_a_worker_dies(data, tiny_onnx, tmp_path, ray_runtime, monkeypatch):
     def mine(out, **kw):
-        cfg = atlas_cli.MineConfig(data=str(data), out=str(out), model=str(tiny_onnx), layers=LAYERS, k=4,
-                                   batch_size=BATCH, workers=1, render="none", **kw)
+        cfg = MineConfig(data=str(data), out=str(out), model=str(tiny_onnx), layers=LAYERS, k=4,
+                         batch_size=BATCH, workers=1, render="none", **kw)
         return quietly(atlas_cli.run, cfg, bar=False)
 
     local, local_err = mine(tmp_path / "local")
@@ -150,8 +153,8 @@ def test_atlas_on_ray_equals_local_even_when_a_worker_dies(data, tiny_onnx, tmp_
 @needs_ray
 def test_health_on_ray_is_byte_for_byte_the_local_one(data, tiny_onnx, tmp_path, ray_runtime):
     def health(out, **kw):
-        cfg = health_cli.HealthConfig(data=str(data), out=str(out), model=str(tiny_onnx), batch_size=BATCH,
-                                      workers=1, rare=0.3, **kw)
+        cfg = HealthConfig(data=str(data), out=str(out), model=str(tiny_onnx), batch_size=BATCH,
+                           workers=1, rare=0.3, **kw)
         return quietly(health_cli.run, cfg, bar=False)
 
     (_, local_err), (_, remote_err) = health(tmp_path / "local"), health(tmp_path / "ray", engine="ray",
@@ -164,9 +167,9 @@ def test_health_on_ray_is_byte_for_byte_the_local_one(data, tiny_onnx, tmp_path,
 @needs_ray
 def test_predictions_on_ray_are_the_local_csv(data, tiny_onnx, tmp_path, ray_runtime):
     def classify(csv, **kw):
-        cfg = predict.PredictConfig(inputs=[str(data.parent)], csv=str(csv), model=str(tiny_onnx),
-                                    batch_size=BATCH, tta=True, **kw)
-        return quietly(predict.run, cfg)
+        cfg = PredictConfig(inputs=[str(data.parent)], csv=str(csv), model=str(tiny_onnx),
+                            batch_size=BATCH, tta=True, **kw)
+        return quietly(predict_cli.run, cfg)
 
     (local, local_err), (remote, remote_err) = classify(tmp_path / "l.csv"), classify(tmp_path / "r.csv",
                                                                                        engine="ray")

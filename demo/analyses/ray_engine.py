@@ -10,7 +10,7 @@ How it runs. The data set's image list is cut into blocks of whole batches: a bl
 Ray Data hands the blocks (image ids and paths) to an actor pool (``map_batches`` with a callable class,
 ``ActorPoolStrategy(size=--ray-workers)``); each actor holds one onnxruntime session (CUDA when its node has a GPU)
 and runs the local engine's own code on its block: the images are read and decoded by the project's decoder
-(``dataset.Loader``, ``model.images``: the same limits and EXIF handling), then ``atlas.mine.stream``,
+(``dataset.Loader``, ``base.images``: the same limits and EXIF handling), then ``atlas.mine.stream``,
 ``health.measure.batch_tally`` or ``predict.classify``. A block returns only its result: its per-channel top-k
 (value, image id, position), its per-batch health tallies, or its predictions, with the ``skipped FILE: reason``
 message of each unreadable image. The driver folds the blocks in data-set order (a small reorder buffer), so the
@@ -130,11 +130,11 @@ def ray_runtime(settings: RaySettings) -> Iterator[int]:
         kwargs = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": True}
         try:
             if settings.address is None:  # workers on this machine import the project from where it lies
-                from demo.cli import cpu_threads
+                from base.cli import cpu_threads
 
                 ray.init(num_cpus=settings.workers or cpu_threads(), **kwargs)
             else:  # the project's code travels with the job to every node
-                code = {"py_modules": [str(REPO_ROOT / "demo"), str(REPO_ROOT / "model")]}
+                code = {"py_modules": [str(REPO_ROOT / "base"), str(REPO_ROOT / "demo")]}
                 ray.init(address=settings.address, runtime_env=code, **kwargs)
         except (ConnectionError, RuntimeError, TimeoutError) as err:
             where = f"the Ray cluster at {settings.address}" if settings.address else "a local Ray runtime"
@@ -189,7 +189,7 @@ class _Collecting:
     def __call__(self, index: int) -> np.ndarray | None:
         try:
             return self.loader.load(index)
-        except ValueError as err:  # model.images.ImageError: one line naming the file and the reason
+        except ValueError as err:  # base.images.ImageError: one line naming the file and the reason
             self.messages[index] = f"skipped {err}"
             return None
 
@@ -205,9 +205,9 @@ class BlockWorker:
                  batch_size: int, threads: int, params: dict, fail_once: str | None = None) -> None:
         from types import SimpleNamespace
 
+        from base import spec
         from demo.analyses.dataset import ChannelMaxima
         from demo.onnx_forward import OnnxModel
-        from model import spec
 
         self.task, self.size, self.resize, self.batch_size, self.threads = task, size, resize, batch_size, threads
         self.mean, self.std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
@@ -235,12 +235,12 @@ class BlockWorker:
 
     def run(self, start: int, paths: list[str]) -> dict:
         """The block's result; image ids are data-set indices (``start`` + position in the block)."""
+        from base.labels import Sample
         from demo.analyses.dataset import Loader, batches
-        from model.data import Sample
 
         samples = [Sample(Path(p), -1) for p in paths]
         if self.task == "predict":
-            from demo.predict import classify
+            from demo.analyses.predict import classify
 
             done, probs, errors = classify(self.model, [s.path for s in samples], self.batch_size, self.resize,
                                            self.params["tta"], bar=False)
@@ -253,8 +253,8 @@ class BlockWorker:
             return {"done": done_ids, "probs": probs, "messages": [f"skipped {e}" for e in errors]}
         load = _Collecting(Loader(samples, self.size, self.mean, self.std, self.resize))
         if self.task == "mine":
+            from base import spec
             from demo.analyses.atlas.mine import TopK, stream
-            from model import spec
 
             empty = TopK.empty({layer: spec.conv_channels(layer) for layer in self.layers}, self.params["k"])
             state = stream(self.maxima, load, len(samples), empty, self.batch_size, self.threads, bar=False)
@@ -342,8 +342,8 @@ def mine(settings: RaySettings, model, samples: Sequence, state, layers: Sequenc
 def measure(settings: RaySettings, model, samples: Sequence, size: int | None = None, resize: str = "crop",
             batch_size: int = 16, rare_fraction: float | None = None, data: str = "", bar: bool = True):
     """``health.measure.measure`` over the Ray pool: the same ``HealthStats``, to the bit."""
+    from base import spec
     from demo.analyses.health.measure import RARE_FRACTION, add_tally, health_stats
-    from model import spec
 
     size = size or model.input_size
     layers = list(spec.CONV_LAYERS)
