@@ -1,0 +1,138 @@
+"""The evidence methods against Captum on the same weights, the stopped descent, and the faithfulness scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from demo.analyses.evidence import methods as M
+from model.spec import CONV_LAYERS
+
+torch = pytest.importorskip("torch")
+captum_attr = pytest.importorskip("captum.attr")
+
+SIZE = 32
+
+
+def rel_err(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
+
+
+class Tapped(torch.nn.Module):
+    """The tiny VGG with an identity module after each conv's ReLU, for Captum's layer methods."""
+
+    def __init__(self, vgg) -> None:
+        super().__init__()
+        self.vgg = vgg
+        self.taps = torch.nn.ModuleDict({name: torch.nn.Identity() for name in CONV_LAYERS})
+
+    def forward(self, x):
+        v = self.vgg
+        for name, conv in v.convs.items():
+            x = self.taps[name](torch.relu(v.bns[name](conv(x))))
+            if name in v.pool_after:
+                x = torch.nn.functional.max_pool2d(x, 2, 2)
+        return v.forward_head(x)
+
+
+@pytest.fixture(scope="module")
+def setting(tiny_vgg, onnx_model):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 3, SIZE, SIZE), dtype=np.float32)
+    network = M.Network.from_model(onnx_model)
+    classes = network.probs(x).argmax(axis=1)
+    return Tapped(tiny_vgg).eval(), network, x, classes
+
+
+@pytest.mark.parametrize("layer", ["conv5_3", "conv4_1", "conv3_3"])
+def test_gradcam_matches_captum(setting, layer):
+    tapped, network, x, classes = setting
+    ours = M.gradcam_layer(network, x, classes, layer)
+    cam = captum_attr.LayerGradCam(tapped, tapped.taps[layer])
+    theirs = cam.attribute(torch.from_numpy(x), target=torch.from_numpy(classes), relu_attributions=True)
+    assert ours.shape == theirs.shape[:1] + theirs.shape[2:]
+    assert rel_err(ours, theirs.detach().numpy()[:, 0]) <= 1e-4
+    up = torch.nn.functional.interpolate(theirs, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+    assert rel_err(M.attribute("gradcam", network, x, classes, layer=layer), up.detach().numpy()[:, 0]) <= 1e-4
+
+
+def test_layer_gradient_is_autograd(setting):
+    tapped, network, x, classes = setting
+    grad, _ = M.layer_gradient(network, x, classes, "conv2_2")
+    store = {}
+    hook = tapped.taps["conv2_2"].register_forward_hook(lambda m, i, o: store.update(a=o))
+    try:
+        logits = tapped(torch.from_numpy(x))
+    finally:
+        hook.remove()
+    expected = torch.autograd.grad(logits[np.arange(2), classes].sum(), store["a"])[0].numpy()
+    assert rel_err(grad, expected) <= 1e-4
+
+
+def test_input_x_gradient_matches_captum(setting):
+    tapped, network, x, classes = setting
+    theirs = captum_attr.InputXGradient(tapped).attribute(torch.from_numpy(x), target=torch.from_numpy(classes))
+    assert rel_err(M.gradient_x_input(network, x, classes), theirs.detach().numpy()) <= 1e-4
+
+
+def test_smoothgrad_matches_captum_with_the_same_noise(setting):
+    tapped, network, x, classes = setting
+    n, sd = 4, 0.3
+    torch.manual_seed(3)
+    nt = captum_attr.NoiseTunnel(captum_attr.Saliency(tapped))
+    theirs = nt.attribute(torch.from_numpy(x), nt_type="smoothgrad", nt_samples=n, stdevs=sd,
+                          target=torch.from_numpy(classes), abs=False).detach().numpy()
+    torch.manual_seed(3)  # the same draws, in NoiseTunnel's order: image-major, sample-minor
+    noise = torch.normal(0, torch.tensor(sd).repeat((2 * n, 3, SIZE, SIZE))).numpy().reshape(2, n, 3, SIZE, SIZE)
+    ours = M.smoothgrad(network, x, classes, samples=n, noise=noise, batch_size=3)
+    assert rel_err(ours, theirs) <= 1e-4
+
+
+@pytest.mark.parametrize("baseline", ["black", "blurred"])
+def test_integrated_gradients_match_captum(setting, baseline):
+    tapped, network, x, classes = setting
+    base = M.baseline_image(network, x, baseline)
+    ig = captum_attr.IntegratedGradients(tapped)
+    theirs, delta = ig.attribute(torch.from_numpy(x), baselines=torch.from_numpy(base),
+                                 target=torch.from_numpy(classes), n_steps=8, method="riemann_trapezoid",
+                                 return_convergence_delta=True)
+    ours, completeness = M.integrated_gradients(network, x, classes, steps=8, baseline=baseline, batch_size=5)
+    # Captum's trapezoid puts its 8 points 1/7 apart but weighs them by 1/8 (inner) and 1/16 (ends): its weights
+    # sum to 7/8. The trapezoid rule's weights are 1/7 and 1/14, i.e. Captum's times 8/7.
+    theirs = theirs.detach().numpy() * 8 / 7
+    assert rel_err(ours, theirs) <= 1e-4
+    with torch.no_grad():
+        z = tapped(torch.from_numpy(np.concatenate([x, base]))).numpy()
+    gap = z[np.arange(2), classes] - z[2 + np.arange(2), classes]
+    np.testing.assert_allclose(completeness, theirs.reshape(2, -1).sum(axis=1) - gap, rtol=1e-3, atol=1e-5)
+    assert delta.shape == (2,)
+
+
+def test_upsample_is_bilinear_with_half_pixel_centres():
+    maps = np.random.default_rng(0).random((2, 3, 5), dtype=np.float32)
+    theirs = torch.nn.functional.interpolate(torch.from_numpy(maps)[:, None], size=(12, 11), mode="bilinear",
+                                             align_corners=False)[:, 0].numpy()
+    np.testing.assert_allclose(M.upsample(maps, (12, 11)), theirs, atol=1e-6)
+
+
+def test_every_method_gives_one_map_per_image(onnx_model):
+    x = np.random.default_rng(1).standard_normal((2, 3, SIZE, SIZE), dtype=np.float32)
+    info: dict = {}
+    for method in M.METHODS:
+        out = M.attribute(method, onnx_model, x, 1, samples=2, steps=3, info=info)
+        assert out.shape == (2, SIZE, SIZE) and out.dtype == np.float32 and np.isfinite(out).all(), method
+    assert info["completeness"].shape == (2,)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"method": "lrp"}, "unknown method"), ({"class_index": 99}, "class must lie"),
+    ({"layer": "conv9_9"}, "unknown layer"), ({"method": "smoothgrad", "samples": 0}, "positive"),
+    ({"method": "smoothgrad", "sd": 0.0}, r"\(0, 1\]"), ({"method": "smoothgrad", "sd": 1.5}, r"\(0, 1\]"),
+    ({"method": "ig", "steps": 0}, "IG steps"),
+])
+def test_bad_options_are_value_errors(onnx_model, kwargs, match):
+    x = np.zeros((1, 3, SIZE, SIZE), np.float32)
+    args = {"method": "gradient", "class_index": 0, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        M.attribute(args.pop("method"), onnx_model, x, args.pop("class_index"), **args)
