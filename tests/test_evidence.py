@@ -136,3 +136,77 @@ def test_bad_options_are_value_errors(onnx_model, kwargs, match):
     args = {"method": "gradient", "class_index": 0, **kwargs}
     with pytest.raises(ValueError, match=match):
         M.attribute(args.pop("method"), onnx_model, x, args.pop("class_index"), **args)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Faithfulness
+
+from demo.analyses.evidence import faithfulness as F  # noqa: E402
+
+
+def test_auc_is_the_trapezoid_over_the_unit_interval():
+    assert F.auc(np.full(9, 0.3)) == pytest.approx(0.3)
+    assert F.auc(np.linspace(0, 1, 33)) == pytest.approx(0.5)
+    assert F.auc([1.0, 0.0, 0.0]) == pytest.approx(0.25)
+
+
+def test_deletion_and_insertion_series_follow_the_map():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 3, 8, 8), dtype=np.float32)
+    saliency = np.arange(64, dtype=np.float32).reshape(8, 8)  # the last pixel is the most relevant
+    deletion, insertion = F.perturbation_series(x, saliency, steps=4)
+    assert deletion.shape == insertion.shape == (5, 3, 8, 8)
+    np.testing.assert_array_equal(deletion[0], x[0])
+    assert not deletion[-1].any()
+    np.testing.assert_array_equal(insertion[-1], x[0])
+    np.testing.assert_allclose(insertion[0], F.gaussian_blur(x)[0])
+    assert not deletion[1, :, 6:].any() and (deletion[1, :, :6] == x[0, :, :6]).all()  # rows 6-7: 16 pixels
+    np.testing.assert_array_equal(insertion[1, :, 6:], x[0, :, 6:])
+
+
+def test_ties_are_broken_at_random_not_from_the_top_left():
+    order = F.ranking(np.zeros((16, 16)), seed=1)
+    assert sorted(order.tolist()) == list(range(256)) and order[:64].mean() > 40
+
+
+def test_linear_imputation_reproduces_a_linear_ramp():
+    yy, xx = np.mgrid[0:12, 0:10].astype(np.float32)
+    image = np.stack([xx, yy, 2 * xx - yy])
+    removed = np.zeros((12, 10), bool)
+    removed[3:9, 2:7] = True
+    out = F.impute(image, removed, noise=0.0)
+    np.testing.assert_allclose(out, image, atol=1e-4)
+    noisy = F.impute(image, removed, noise=0.01, rng=np.random.default_rng(0))
+    assert 0.005 < np.abs(noisy - image)[:, removed].std() < 0.02 and (noisy[:, ~removed] == image[:, ~removed]).all()
+
+
+def test_road_removes_the_percentiles_of_the_map():
+    x = np.zeros((1, 3, 10, 10), np.float32)
+    saliency = np.arange(100, dtype=np.float32).reshape(10, 10)
+    morf, lerf = F.road_images(x + 1, saliency, percentiles=(80,), noise=0.0)
+    assert morf.shape == lerf.shape == (1, 3, 10, 10)
+    changed = lambda a: (a[0, 0] != 1).sum()  # noqa: E731  # imputed from all-ones neighbours: still 1
+    assert changed(morf) == 0  # a constant image imputes to itself
+    x[0, :, :, :] = saliency  # now the imputed region shows: MoRF touches the top 20 values, LeRF the bottom 20
+    morf, lerf = F.road_images(x, saliency, percentiles=(80,), noise=0.0)
+    assert np.array_equal(morf[0, 0, :8], saliency[:8]) and not np.array_equal(morf[0, 0, 8:], saliency[8:])
+    assert np.array_equal(lerf[0, 0, 2:], saliency[2:]) and not np.array_equal(lerf[0, 0, :2], saliency[:2])
+
+
+class LooksTopLeft:
+    """A stand-in network whose class-0 probability rises with the mean of the top-left quadrant."""
+
+    def probs(self, image, batch_size=16):
+        p = 1 / (1 + np.exp(-4 * image[:, :, :8, :8].mean(axis=(1, 2, 3))))
+        return np.stack([p, 1 - p], axis=1)
+
+
+def test_the_right_map_scores_better():
+    x = np.ones((1, 3, 16, 16), np.float32)
+    right = np.zeros((16, 16), np.float32)
+    right[:8, :8] = 1
+    good = F.faithfulness(LooksTopLeft(), x, right, 0, steps=8)
+    bad = F.faithfulness(LooksTopLeft(), x, 1 - right, 0, steps=8)
+    assert good.deletion.shape == (9,) and good.deletion[0] == pytest.approx(good.insertion[-1])
+    assert good.deletion_auc < bad.deletion_auc and good.insertion_auc > bad.insertion_auc
+    assert good.road_morf < bad.road_morf and good.road_lerf > bad.road_lerf
