@@ -210,3 +210,51 @@ def test_the_right_map_scores_better():
     assert good.deletion.shape == (9,) and good.deletion[0] == pytest.approx(good.insertion[-1])
     assert good.deletion_auc < bad.deletion_auc and good.insertion_auc > bad.insertion_auc
     assert good.road_morf < bad.road_morf and good.road_lerf > bad.road_lerf
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The command line
+
+import csv  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from conftest import make_image  # noqa: E402
+
+
+def test_cli_writes_one_row_per_image_and_method_and_skips_unreadable_images(tiny_onnx, tmp_path, capsys):
+    from demo.analyses.evidence import cli
+
+    make_image("RGB", (40, 32), 1).save(tmp_path / "a.png")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    code = cli.main([str(tmp_path / "a.png"), str(tmp_path / "broken.png"), "--model", str(tiny_onnx), "--methods",
+                     "gradcam,ig", "--steps", "4", "--ig-steps", "3", "--out", str(out), "--device", "cpu"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "skipped" in err and "broken.png" in err and "IG completeness error" in err
+    with open(out / "faithfulness.csv") as f:
+        rows = list(csv.reader(f))
+    assert tuple(rows[0]) == cli.CSV_COLUMNS
+    assert [r[2] for r in rows[1:]] == ["gradcam", "ig", "random", "edges"]
+    assert all(0 <= float(r[3]) <= 1 and 0 <= float(r[4]) <= 1 for r in rows[1:])
+    assert "+-" in (out / "summary.md").read_text() and (out / "faithfulness.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("option", [["--methods", "lrp"], ["--layer", "conv6_1"], ["--samples", "0"],
+                                    ["--sd", "0"], ["--sd", "1.5"], ["--target", "truth"]])
+def test_cli_bad_options_are_one_error_line(tiny_onnx, tmp_path, capsys, option):
+    from demo.analyses.evidence import cli
+
+    make_image("RGB", (32, 32), 1).save(tmp_path / "a.png")
+    code = cli.main([str(tmp_path / "a.png"), "--model", str(tiny_onnx), "--out", str(tmp_path / "o"), *option])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ")
+
+
+def test_cli_undecodable_image_exits_2(tiny_onnx, tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    proc = subprocess.run([sys.executable, "-m", "demo.faithfulness", str(tmp_path / "broken.png"), "--model",
+                           str(tiny_onnx), "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "Traceback" not in proc.stderr
