@@ -66,3 +66,16 @@ def test_evidence_endpoint(tiny_onnx, cat_png):
             client.predict(handle_file(str(cat_png)), PREDICTED, "lrp", "crop", api_name="/evidence")
         with pytest.raises(AppError, match="Upload an image first"):
             client.predict(None, PREDICTED, "gradcam", "crop", api_name="/evidence")
+
+
+def test_sanity_result_quotes_a_many_image_summary(tmp_path):
+    table = tmp_path / "sanity_summary.csv"
+    table.write_text("target,mode,step,randomized,method,metric,mean,sd,n\n"
+                     "class,cascading,1,head,gradcam,spearman_abs,0.2,0.05,3\n"
+                     "class,cascading,1,head,gradcam,ssim,0.9,0.05,3\n"
+                     "class,cascading,2,head+conv5_3,gradcam,spearman_abs,0.1,0.01,3\n"
+                     "conv5_3,cascading,2,head+conv5_3,gradcam,spearman_abs,0.7,0.01,3\n")
+    (tmp_path / "sanity_classes_summary.csv").write_text("method,metric,mean,sd,n\ngradcam,spearman_abs,0.3,0.1,3\n")
+    text = sanity_result("gradcam", table)
+    assert "head random: 0.20 +- 0.05" in text and "head+conv5_3 random: 0.10 +- 0.01" in text
+    assert "0.70" not in text and "0.90" not in text and "between classes 0.30" in text

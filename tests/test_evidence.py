@@ -258,3 +258,22 @@ def test_cli_undecodable_image_exits_2(tiny_onnx, tmp_path):
                            str(tiny_onnx), "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "Traceback" not in proc.stderr
+
+
+def test_descent_stops_at_a_layer(setting, onnx_model):
+    _, network, x, classes = setting
+    _, acts, switches = network.forward(x)
+    signal = np.random.default_rng(0).standard_normal(acts["conv4_3"].shape, dtype=np.float32)
+    same = network.net.project_down(signal, "conv4_3", switches, rule="gradient", activations=acts,
+                                    to_layer="conv4_3")
+    np.testing.assert_array_equal(same, signal)
+    at_conv1 = network.net.project_down(signal, "conv4_3", switches, rule="gradient", activations=acts,
+                                        to_layer="conv1_1")
+    assert at_conv1.shape == acts["conv1_1"].shape
+    from demo.deconv_kernels import deconv, relu_backward
+
+    pixels = network.net.project_down(signal, "conv4_3", switches, rule="gradient", activations=acts)
+    finished = deconv(relu_backward(at_conv1, acts["conv1_1"], "gradient"), network.net.weights["conv1_1"])
+    assert rel_err(finished, pixels) <= 1e-4
+    with pytest.raises(ValueError, match="lies above"):
+        network.net.project_down(signal, "conv4_3", switches, to_layer="conv5_1")

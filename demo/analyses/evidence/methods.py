@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnxruntime as ort
@@ -44,10 +44,12 @@ from model.spec import (
     CONV_LAYERS,
     HEAD_RELUS,
     INPUT_NAME,
+    MEAN,
     OUTPUT_NAMES,
     POOL_LAYERS,
     PROBS_NAME,
     RULES,
+    STD,
     layer_rules,
     switch_output,
 )
@@ -65,13 +67,14 @@ Forward = tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]  # pro
 class Network:
     """What every method reads: an onnxruntime ``session`` of the exported graph, the NumPy deconvnet ``net`` on
     the same conv weights, the class-score ``head``, and the per-channel ``mean`` (3,) of the normalisation (for
-    the black baseline). A randomized copy of a model is a Network of its session, weights and head."""
+    the black baseline; default ``model.spec``'s). A randomized copy of a model is a Network of its session, its
+    deconvnet and its head: ``Network(session, Deconvnet(weights), head)``."""
 
     session: ort.InferenceSession
     net: Deconvnet
     head: Head
-    mean: np.ndarray
-    std: np.ndarray
+    mean: np.ndarray = field(default_factory=lambda: np.asarray(MEAN, np.float32))
+    std: np.ndarray = field(default_factory=lambda: np.asarray(STD, np.float32))
 
     @classmethod
     def from_model(cls, model) -> Network:

@@ -16,20 +16,47 @@ from demo.analyses.figures import class_name, figure_to_array, new_figure
 from demo.cli import REPO_ROOT
 from demo.preprocess import deprocess
 
-SANITY_RESULTS = REPO_ROOT / "docs" / "sanity_methods.csv"  # per-method verdicts of the sanity checks, if measured
+SANITY_RESULTS = REPO_ROOT / "docs" / "sanity_summary.csv"  # the sanity checks' summary over many images, if measured
 NOT_MEASURED = "not measured"
+SHOWN_STEPS = ("head", "head+conv5_3")  # the cascading steps the verdict quotes: head random; conv5_3 random too
 
 
 def sanity_result(method: str, path: str | Path | None = SANITY_RESULTS) -> str:
-    """What the sanity-check CSV at ``path`` says about ``method``: its rows whose ``method`` (or ``rule``) column
-    is the method, each as "column value" pairs joined by commas and rows by "; ", or ``NOT_MEASURED``."""
+    """What the sanity checks' CSV at ``path`` says about ``method`` (rows whose ``method`` or ``rule`` column is
+    it), one line, or ``NOT_MEASURED``.
+
+    A summary of ``demo.sanity`` over many images (columns target, mode, randomized, metric, mean, sd) is quoted
+    as the Spearman rank correlation of |map| with the trained model's after the cascading steps ``SHOWN_STEPS``
+    (class target when present); a ``sanity_classes_summary.csv`` beside it adds the class sensitivity. Any other
+    CSV: its matching rows as "column value" pairs.
+    """
     if path is None or not Path(path).is_file():
         return NOT_MEASURED
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if (r.get("method") or r.get("rule")) == method]
+    rows = _rows(Path(path), method)
     if not rows:
         return NOT_MEASURED
-    return "; ".join(", ".join(f"{k} {v}" for k, v in r.items() if k not in ("method", "rule")) for r in rows)
+    if not {"randomized", "metric", "mean"} <= rows[0].keys():
+        return "; ".join(", ".join(f"{k} {v}" for k, v in r.items() if k not in ("method", "rule")) for r in rows)
+    rows = [r for r in rows if r["metric"] == "spearman_abs" and r.get("mode", "cascading") == "cascading"]
+    targets = {r.get("target") for r in rows}
+    target = "class" if "class" in targets else next(iter(sorted(t for t in targets if t)), None)
+    parts = [f"{r['randomized']} random: {float(r['mean']):.2f} +- {float(r.get('sd') or 'nan'):.2f}"
+             for step in SHOWN_STEPS for r in rows if r["randomized"] == step and r.get("target") == target]
+    text = f"Spearman |map| vs the trained model's ({target} target; near 1 = fails), " + ", ".join(parts) \
+        if parts else ""
+    classes = [r for r in _rows(Path(path).with_name("sanity_classes_summary.csv"), method)
+               if r.get("metric") == "spearman_abs"]
+    if classes:
+        text += ("; " if text else "") + (f"class sensitivity: Spearman |map| between classes "
+                                          f"{float(classes[0]['mean']):.2f} (near 1 = ignores the class)")
+    return text or NOT_MEASURED
+
+
+def _rows(path: Path, method: str) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [r for r in csv.DictReader(f) if (r.get("method") or r.get("rule")) == method]
 
 
 def evidence_figure(picture: np.ndarray, saliency: np.ndarray, scores: Scores, title: str) -> np.ndarray:
