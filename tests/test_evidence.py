@@ -277,3 +277,20 @@ def test_descent_stops_at_a_layer(setting, onnx_model):
     assert rel_err(finished, pixels) <= 1e-4
     with pytest.raises(ValueError, match="lies above"):
         network.net.project_down(signal, "conv4_3", switches, to_layer="conv5_1")
+
+
+def test_cli_scores_the_label_of_a_label_file(tiny_onnx, image_folder, tmp_path, capsys):
+    from demo.analyses.evidence import cli
+    from demo.onnx_forward import OnnxModel
+
+    names = OnnxModel(tiny_onnx, device="cpu").class_names
+    out = tmp_path / "out"
+    args = ["--model", str(tiny_onnx), "--methods", "random", "--steps", "2", "--no-road", "--out", str(out)]
+    assert cli.main([str(image_folder / "labels.txt"), "--target", "label", "--limit", "2", *args]) == 0
+    with open(out / "faithfulness.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["class"], r["method"]) for r in rows] == [(names[0], "random"), (names[0], "edges"),
+                                                         (names[1], "random"), (names[1], "edges")]
+    capsys.readouterr()
+    assert cli.main([str(image_folder / "a.jpg"), "--target", "label", *args]) == 2
+    assert "needs labelled images" in capsys.readouterr().err

@@ -181,6 +181,9 @@ def run(config: FaithfulnessConfig) -> list[dict]:
     """Do the run that ``config`` describes; return the CSV's rows."""
     methods = check(config)
     samples = gather(config.inputs)[: config.limit]
+    if config.target == "label" and all(s.label < 0 for s in samples):
+        raise ValueError("--target label needs labelled images: give a cat-12 label file, a folder holding "
+                         "train_list.txt or an ImageFolder tree")
     model = OnnxModel(config.model, device=config.device)
     network = Network.from_model(model)
     out = Path(config.out)
