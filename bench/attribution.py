@@ -64,8 +64,8 @@ def torch_twin(path: Path):
     import torch
     from torch import nn
 
+    from base.spec import CONV_LAYERS, pool_below
     from demo.onnx_forward import _resolve, conv_weights, head_weights
-    from model.spec import CONV_LAYERS, pool_below
 
     proto = onnx.load(str(path))
     weights = conv_weights(proto)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from base.spec import CONV_LAYERS
 from demo.analyses.evidence import methods as M
-from model.spec import CONV_LAYERS
 
 torch = pytest.importorskip("torch")
 captum_attr = pytest.importorskip("captum.attr")
@@ -270,7 +270,7 @@ def test_descent_stops_at_a_layer(setting, onnx_model):
     at_conv1 = network.net.project_down(signal, "conv4_3", switches, rule="gradient", activations=acts,
                                         to_layer="conv1_1")
     assert at_conv1.shape == acts["conv1_1"].shape
-    from demo.deconv_kernels import deconv, relu_backward
+    from demo.backward.kernels import deconv, relu_backward
 
     pixels = network.net.project_down(signal, "conv4_3", switches, rule="gradient", activations=acts)
     finished = deconv(relu_backward(at_conv1, acts["conv1_1"], "gradient"), network.net.weights["conv1_1"])

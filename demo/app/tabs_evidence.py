@@ -9,8 +9,8 @@ import gradio as gr
 from demo.analyses.evidence.methods import METHODS
 from demo.analyses.evidence.view import SANITY_RESULTS, evidence_view
 from demo.app.inputs import InputError, Source, check_class
+from demo.app.page import MODEL, SMALL, Page, need_image, track, user_errors
 from demo.app.pipeline import Pipeline
-from demo.app.tabs import MODEL, SMALL, Page, need_image, track, user_errors
 
 PREDICTED = "predicted breed"
 EVIDENCE_HELP = """

@@ -4,7 +4,8 @@
 Gradients, the deconvnet and guided projections, occlusion, and the random and edge baselines) from the
 onnxruntime forward pass and the NumPy backward stage, one registry function ``attribute`` for all of them.
 ``faithfulness`` scores a map by deletion and insertion (Petsiuk et al. 2018) and ROAD (Rong et al. 2022).
-``cli`` is ``python -m demo.faithfulness``.
+``cli`` is the command line of ``python -m demo.faithfulness``, ``config`` its settings
+(``FaithfulnessConfig``).
 """
 
 from demo.analyses.evidence.methods import METHODS, Network, attribute

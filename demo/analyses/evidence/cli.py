@@ -27,49 +27,26 @@ import csv
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from base.cli import add_model_options, run_cli
+from base.images import IMAGE_EXTENSIONS
+from base.labels import Sample
+from base.spec import CONV_LAYERS, RULES
+from demo.analyses.evidence.config import TARGETS, FaithfulnessConfig
 from demo.analyses.evidence.faithfulness import faithfulness
 from demo.analyses.evidence.methods import BASELINES, METHODS, Network, attribute, check_samples
 from demo.analyses.figures import figure_to_array, new_figure
-from demo.cli import add_model_options, run_cli
 from demo.onnx_forward import OnnxModel
 from demo.preprocess import preprocess
-from model.data import IMAGE_EXTENSIONS, Sample
-from model.spec import CONV_LAYERS, RULES
 
 CSV_COLUMNS = ("image", "class", "method", "deletion_auc", "insertion_auc", "road_morf", "road_lerf", "seconds")
 ALWAYS = ("random", "edges")  # the baselines of every table
-TARGETS = ("predicted", "label")
-
-
-@dataclass
-class FaithfulnessConfig:
-    """One faithfulness run; every field is a command-line option of the same name."""
-
-    inputs: list[str]  # image files, folders and/or label files
-    out: str  # output folder (created)
-    model: str | None = None  # .onnx file; default models/vgg16_cat12.onnx
-    methods: str = ",".join(METHODS)  # comma-separated method ids; random and edges are always added
-    steps: int = 32  # deletion/insertion steps
-    target: str = "predicted"  # predicted | label
-    layer: str = "conv5_3"  # Grad-CAM's layer
-    rule: str = "gradient"  # SmoothGrad's backward rule
-    samples: int = 25  # SmoothGrad's noisy copies
-    sd: float = 0.15  # SmoothGrad's noise sd, a fraction of the image's value range
-    ig_steps: int = 32  # Integrated Gradients' path points
-    baseline: str = "black"  # Integrated Gradients' baseline: black | blurred
-    road: bool = True  # also ROAD (18 imputed images per map)
-    limit: int | None = None  # at most this many images
-    seed: int = 0  # SmoothGrad's noise, the random map, tie-breaking, ROAD's noise
-    batch_size: int = 16  # images per onnxruntime run
-    resize: str = "crop"  # crop (short side, centre square) or stretch
-    device: str = "auto"  # auto (CUDA if present), cuda, cpu
 
 
 def parse_methods(text: str) -> list[str]:
@@ -197,7 +174,7 @@ def run(config: FaithfulnessConfig) -> list[dict]:
         for sample in samples:
             try:
                 x = preprocess(sample.path, model.input_size, model.mean, model.std, config.resize)
-            except ValueError as err:  # model.images.ImageError: names the file and the reason
+            except ValueError as err:  # base.images.ImageError: names the file and the reason
                 tqdm.write(f"skipped {err}", file=sys.stderr)
                 bar.update(len(methods))
                 continue
@@ -244,6 +221,3 @@ def run(config: FaithfulnessConfig) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     return run_cli(run, parse_args(argv))
 
-
-if __name__ == "__main__":
-    sys.exit(main())

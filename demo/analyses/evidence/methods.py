@@ -2,8 +2,8 @@
 
 Every method reads the same three things (``Network``): an onnxruntime session of the exported graph
 (probabilities, conv activations, pool switches), the NumPy deconvnet on the same conv weights
-(``demo.deconv_numpy``) and the class-score head (``demo.head_numpy``). No autograd: gradients are the "gradient"
-rule of the backward stage (d logit / d input), so every method runs from an .onnx file alone.
+(``demo.backward.deconvnet``) and the class-score head (``demo.backward.head``). No autograd: gradients are the
+"gradient" rule of the backward stage (d logit / d input), so every method runs from an .onnx file alone.
 
 - ``gradcam``: Grad-CAM (Selvaraju et al. 2017, arXiv 1610.02391) at any conv layer: channel weights = spatial
   mean of d logit / d a_layer (a the post-ReLU activation), ReLU of the weighted sum of the maps, upsampled
@@ -36,10 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnxruntime as ort
 
-from demo.analyses.occlusion import occlusion_maps
-from demo.deconv_numpy import Deconvnet
-from demo.head_numpy import Head, head_backward, head_forward
-from model.spec import (
+from base.spec import (
     ACTIVATION_OUTPUTS,
     CONV_LAYERS,
     HEAD_RELUS,
@@ -53,6 +50,8 @@ from model.spec import (
     layer_rules,
     switch_output,
 )
+from demo.analyses.occlusion import occlusion_maps
+from demo.backward import Deconvnet, Head, head_backward, head_forward
 
 METHODS = ("gradcam", "guided-gradcam", "gradient", "gradient-x-input", "smoothgrad", "ig", "deconvnet", "guided",
            "occlusion", "random", "edges")
@@ -67,7 +66,7 @@ Forward = tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]  # pro
 class Network:
     """What every method reads: an onnxruntime ``session`` of the exported graph, the NumPy deconvnet ``net`` on
     the same conv weights, the class-score ``head``, and the per-channel ``mean`` (3,) of the normalisation (for
-    the black baseline; default ``model.spec``'s). A randomized copy of a model is a Network of its session, its
+    the black baseline; default ``base.spec``'s). A randomized copy of a model is a Network of its session, its
     deconvnet and its head: ``Network(session, Deconvnet(weights), head)``."""
 
     session: ort.InferenceSession

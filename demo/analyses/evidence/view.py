@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+from base.cli import REPO_ROOT
 from demo.analyses.evidence.faithfulness import Scores, faithfulness
 from demo.analyses.evidence.methods import METHODS, as_network, attribute
 from demo.analyses.figures import class_name, figure_to_array, new_figure
-from demo.cli import REPO_ROOT
 from demo.preprocess import deprocess
 
 SANITY_RESULTS = REPO_ROOT / "docs" / "sanity_summary.csv"  # the sanity checks' summary over many images, if measured

@@ -7,7 +7,7 @@
 Adebayo, Gilmer, Muelly, Goodfellow, Hardt & Kim, *Sanity Checks for Saliency Maps*, NeurIPS 2018
 (arXiv 1810.03292): a map that explains what a network learned must change when the learned weights are replaced
 by random ones, and a class's map must depend on the class. Computed here on the ONNX model, without torch, for
-each backward rule (``model.spec.RULES``: deconvnet, guided, gradient) and one target.
+each backward rule (``base.spec.RULES``: deconvnet, guided, gradient) and one target.
 
 **Model randomization.** A layer is re-drawn from the distribution training initialises it with
 (``model.vgg.VGG._init_weights``): a conv weight (C_out, C_in, 3, 3) ~ N(0, 2 / (9 C_out)) (Kaiming normal, mode
@@ -26,7 +26,7 @@ The randomized network runs in onnxruntime: a session on the same .onnx file who
 it copies the file's own conv weights into re-ordered initializers and so silently ignores the overrides
 (measured with onnxruntime 1.31; a randomized forward pass identical to the trained one raises RuntimeError).
 Step 0 runs in a session of the same settings, so that the layers a step leaves trained compute bit for bit
-what they compute at step 0. The NumPy deconvnet (``demo.deconv_numpy.Deconvnet``) projects with the same
+what they compute at step 0. The NumPy deconvnet (``demo.backward.deconvnet.Deconvnet``) projects with the same
 randomized conv weights, and class targets go through the same randomized head.
 
 **Targets** (``--target``):
