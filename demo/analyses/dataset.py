@@ -63,10 +63,14 @@ class Loader:
 
     def __call__(self, index: int) -> np.ndarray | None:
         try:
-            return preprocess(self.samples[index].path, self.size, self.mean, self.std, self.resize)[0]
+            return self.load(index)
         except ValueError as err:  # base.images.ImageError: one line naming the file and the reason
             tqdm.write(f"skipped {err}", file=sys.stderr)
             return None
+
+    def load(self, index: int) -> np.ndarray:
+        """Image ``index`` as (3, size, size) float32; ``base.images.ImageError`` (a ValueError) when unreadable."""
+        return preprocess(self.samples[index].path, self.size, self.mean, self.std, self.resize)[0]
 
 
 def batches(load: Callable[[int], np.ndarray | None], order: Sequence[int], batch_size: int,

@@ -18,3 +18,6 @@ class PredictConfig:
     device: str = "auto"  # auto (CUDA if present), cuda, cpu
     confusion_png: str | None = None  # also draw the confusion matrix here (needs matplotlib)
     tta: bool = False  # also classify the mirror image and average (horizontal-flip test-time augmentation)
+    engine: str = "local"  # local (this process) or ray (a Ray Data worker pool; see demo.analyses.ray_engine)
+    ray_workers: int | None = None  # with --engine ray: workers (onnxruntime sessions)
+    address: str | None = None  # with --engine ray: a running Ray cluster to join
