@@ -28,7 +28,7 @@ def describe(result: SanityResult, class_names: Sequence[str] | None = None) -> 
              "similarity to the trained model's map as Spearman of |map| / Spearman / SSIM (1: unchanged)."]
     header = ["rule"]
     if result.cascading:
-        header.append(f"all {len(result.cascading) - 1} layers random")
+        header.append(f"{len(result.cascading[-1].randomized)} layers random")
     if result.independent:
         header.append("least similar, one layer alone")
     if result.classes is not None:
