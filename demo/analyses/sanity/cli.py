@@ -157,9 +157,10 @@ def run_many(config: SanityConfig) -> Verdicts:
     other = OnnxModel(config.compare_model, device=config.device) if config.compare_model else None
     samples = gather_images(config.inputs, config.root, config.limit)
     root = Path(config.root) if config.root else None
-    verdicts = run_verdicts(model, samples, targets, methods, seeds, config.mode, config.classes, other,
-                            config.resize, [image_name(s, root) for s in samples], steps=parse_steps(config.steps))
     note = f"Model {Path(model.path).name}" + (f"; compared with {Path(other.path).name}" if other else "") + "."
+    verdicts = run_verdicts(model, samples, targets, methods, seeds, config.mode, config.classes, other,
+                            config.resize, [image_name(s, root) for s in samples], steps=parse_steps(config.steps),
+                            after_image=lambda done: write_verdicts(done, Path(config.out), note))  # a run cut short
     text = write_verdicts(verdicts, Path(config.out), note)
     print(text)
     print(f"wrote the CSVs and summary.md to {config.out}/")

@@ -14,7 +14,7 @@ import csv
 import math
 import sys
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,10 +107,12 @@ class Verdicts:
 def run_verdicts(model: OnnxModel, samples: Sequence[Sample], targets: Sequence[Target], methods: Sequence[str],
                  seeds: Sequence[int], mode: str = "cascading", classes: bool = True, other: OnnxModel | None = None,
                  resize: str = "crop", names: Sequence[str] | None = None, bar: bool = True,
-                 steps: Sequence[int] | None = None) -> Verdicts:
+                 steps: Sequence[int] | None = None,
+                 after_image: Callable[[Verdicts], None] | None = None) -> Verdicts:
     """The checks for every image of ``samples`` and every seed; with ``other``, the data-randomization comparison.
     An unreadable image is one ``skipped ...`` line on stderr and no row. ``names``: how rows name the images
-    (default: their paths); ``steps``: only these steps (``sanity_results``)."""
+    (default: their paths); ``steps``: only these steps (``sanity_results``); ``after_image(verdicts)`` is called
+    after each image (e.g. to write what is done so far)."""
     import time
 
     out = Verdicts()
@@ -148,6 +150,8 @@ def run_verdicts(model: OnnxModel, samples: Sequence[Sample], targets: Sequence[
                     for (_, method), scores in compare_maps(model, other, x, [target], methods).items():
                         out.compare.append((name, label, method, *scores))
             out.seconds.append(time.perf_counter() - start)
+            if after_image is not None:
+                after_image(out)
     return out
 
 
