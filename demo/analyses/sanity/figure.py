@@ -102,10 +102,10 @@ def curves(result: SanityResult, class_names: Sequence[str] | None = None) -> np
         ax.set_xticklabels(result.rules, fontsize=8)
         ax.set_ylim(-1.05, 1.05)
         ax.axhline(0.0, color="grey", linewidth=0.6)
-        ax.set_title(f"class sensitivity: Spearman of |map|,\nother classes vs {class_name(class_names, cs.top)} "
-                     "(bar: mean)", fontsize=9)
+        ax.set_title(f"class sensitivity (Nie et al. 2018; Sixt et al. 2020):\nSpearman of |map|, other classes vs "
+                     f"{class_name(class_names, cs.top)} (bar: mean)", fontsize=9)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"Sanity checks (Adebayo et al. 2018), {target_text(result, class_names)}, seed {result.seed}",
+    fig.suptitle(f"Model randomization (Adebayo et al. 2018), {target_text(result, class_names)}, seed {result.seed}",
                  fontsize=10)
     return figure_to_array(fig)
 
