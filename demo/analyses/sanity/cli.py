@@ -15,7 +15,7 @@ from PIL import Image
 
 from demo.analyses import sanity as package
 from demo.analyses.figures import class_name
-from demo.analyses.sanity.figure import curves, filmstrip, stack
+from demo.analyses.sanity.figure import curves, filmstrip, stack, summary_curves
 from demo.analyses.sanity.measure import (
     METHODS,
     METRICS,
@@ -25,7 +25,15 @@ from demo.analyses.sanity.measure import (
     parse_target,
     sanity_results,
 )
-from demo.analyses.sanity.verdicts import Verdicts, gather_images, image_name, run_verdicts, write_verdicts
+from demo.analyses.sanity.verdicts import (
+    Verdicts,
+    gather_images,
+    image_name,
+    run_verdicts,
+    summarize,
+    summarize_by,
+    write_verdicts,
+)
 from demo.analyses.sanity.view import describe
 from demo.cli import add_model_options, run_cli
 from demo.display import NORMS
@@ -162,6 +170,10 @@ def run_many(config: SanityConfig) -> Verdicts:
                             config.resize, [image_name(s, root) for s in samples], steps=parse_steps(config.steps),
                             after_image=lambda done: write_verdicts(done, Path(config.out), note))  # a run cut short
     text = write_verdicts(verdicts, Path(config.out), note)
+    if verdicts.rows:
+        picture = summary_curves(summarize(verdicts.rows), summarize_by(verdicts.classes, (2,), 3),
+                                 title=f"{len(verdicts.seconds)} images, seeds {config.seeds}: mean +- sd")
+        Image.fromarray(picture).save(Path(config.out) / "sanity_summary.png")
     print(text)
     print(f"wrote the CSVs and summary.md to {config.out}/")
     return verdicts

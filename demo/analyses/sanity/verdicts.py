@@ -298,3 +298,19 @@ def write_verdicts(verdicts: Verdicts, out: Path, note: str = "") -> str:
     text = summary_markdown(verdicts, summary, class_summary, compare_summary, note=note)
     (out / "summary.md").write_text(text, encoding="utf-8")
     return text
+
+
+def read_rows(path: str | Path) -> list[tuple]:
+    """A CSV written by ``write_csv`` back as tuples: numbers as int or float, the rest as text."""
+    def value(text: str):
+        for kind in (int, float):
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+        return text
+
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        next(reader)
+        return [tuple(value(v) for v in row) for row in reader]
