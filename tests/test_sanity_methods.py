@@ -221,6 +221,7 @@ def test_cli_over_images_and_seeds_with_a_compared_model(tiny_onnx, tmp_path):
     with open(out / "sanity_compare_rows.csv") as f:
         compared = list(csv.DictReader(f))
     assert len(compared) == 2 * 2 * len(RULES) and all(float(r["spearman_abs"]) == 1.0 for r in compared)
+    assert (out / "sanity_summary.png").stat().st_size > 0
     text = (out / "summary.md").read_text()
     assert "Nie, Zhang & Patel 2018" in text and "random-logit" in text and "mean +- sd" in text.lower()
     bad = subprocess.run([sys.executable, "-m", "demo.sanity", str(folder), "--model", str(tiny_onnx), "--seeds",
