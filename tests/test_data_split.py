@@ -7,7 +7,8 @@ import sys
 
 from conftest import ROOT, make_image
 
-from model.data import check_images, find_samples, split_samples
+from base.labels import find_samples
+from model.data import check_images, split_samples
 
 
 def test_split_file_is_the_training_split(image_folder, tmp_path):

@@ -22,13 +22,14 @@ import torch
 from autograd_rules import conv_forward, rel_err
 from conftest import ROOT, TINY_SIZE, make_image
 
+from base import spec
+from base.spec import CONV_LAYERS, RULES
+from demo.analyses.evidence import attribute
 from demo.analyses.sanity import measure, randomize, verdicts
 from demo.analyses.sanity.measure import METHODS, SanityMethod, Subject, Target
-from demo.deconv_numpy import Deconvnet
-from demo.head_numpy import head_forward
+from demo.backward.deconvnet import Deconvnet
+from demo.backward.head import head_forward
 from demo.preprocess import preprocess
-from model import spec
-from model.spec import CONV_LAYERS, RULES
 from model.vgg import fold_batch_norm
 
 STEPS = (2, 9)  # head + conv5_3; and down to conv3_2
@@ -227,3 +228,61 @@ def test_cli_over_images_and_seeds_with_a_compared_model(tiny_onnx, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "demo.sanity", str(folder), "--model", str(tiny_onnx), "--seeds",
                           "0,x", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.startswith("error: --seeds")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The evidence registry's methods as sanity methods (class targets; few noisy copies and IG points)
+
+FEW = {"smoothgrad": {"samples": 2}, "ig": {"steps": 4}}
+
+
+@pytest.fixture
+def few_samples(monkeypatch):
+    """The evidence methods with few SmoothGrad copies and IG points."""
+    for name, options in FEW.items():
+        monkeypatch.setitem(METHODS, name, measure.evidence_method(name, **options))
+
+
+def test_evidence_methods_read_the_model_under_test(onnx_model, image, few_samples):
+    other = randomize.randomized_model(onnx_model, ("head", "conv5_3", "conv5_2"), seed=2)
+    for model in (onnx_model, other):
+        subject = Subject(model, image)
+        for name in measure.EVIDENCE:
+            got = measure.compute_map(METHODS[name], subject, Target("class", CONV_LAYERS[-1], class_index=1))
+            want = attribute(name, model, image, 1, **FEW.get(name, {}))
+            assert got.shape == (1, TINY_SIZE, TINY_SIZE)
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_evidence_methods_join_the_checks(onnx_model, image, few_samples):
+    names = list(measure.EVIDENCE)
+    res, = measure.sanity_results(onnx_model, image, ["class"], names, seed=1, steps=(1, 14), bar=False)
+    for step in res.cascading[1:]:
+        for name in ("random", "edges"):  # they read no weights: the same map at every step
+            assert step.scores[name] == (1.0, 1.0, 1.0)
+        for name in ("gradient-x-input", "smoothgrad", "ig", "occlusion"):
+            assert not np.array_equal(step.maps[name], res.cascading[0].maps[name]), name
+    for name in ("random", "edges"):  # nor the class
+        assert np.all(res.classes.scores[name] == 1.0)
+    assert res.classes.scores["gradient-x-input"][:, 0].min() < 0.99
+    assert set(res.classes.scores) == set(names)
+    with pytest.raises(ValueError, match="class targets only"):
+        measure.sanity_results(onnx_model, image, ["conv5_3"], ["gradcam"], bar=False)
+
+
+def test_cli_methods_from_the_evidence_registry(tiny_onnx, tmp_path):
+    picture = tmp_path / "cat.png"
+    make_image("RGB", (40, 36), seed=5).save(picture)
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "demo.sanity", str(picture), "--model", str(tiny_onnx), "--target",
+                          "class", "--methods", "gradient,gradcam,edges", "--steps", "14", "--no-classes", "--out",
+                          str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    with open(out / "sanity.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["rule"] for r in rows} == {"gradient", "gradcam", "edges"} and {r["step"] for r in rows} == {"0", "14"}
+    assert all(float(r["spearman_abs"]) == 1.0 for r in rows if r["rule"] == "edges")
+    bad = subprocess.run([sys.executable, "-m", "demo.sanity", str(picture), "--model", str(tiny_onnx), "--target",
+                          "conv5_3", "--methods", "gradcam", "--out", str(out)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: method 'gradcam' maps class targets only")

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from demo.app.inputs import UPLOAD_LIMITS, InputError, Source, check_resize, decode, digest_of, read_source
+from base import images
+from demo.app.inputs import UPLOAD_LIMITS, InputError, Source, check, decode, digest_of, read_source
 from demo.app.store import ResultStore
 from demo.app.text import Timings
-from demo.deconv_numpy import Deconvnet, Projection
+from demo.backward import Deconvnet, Projection
 from demo.onnx_forward import OnnxModel
 from demo.preprocess import deprocess, normalise
-from model import images
 
 
 @dataclass
@@ -106,7 +106,7 @@ class Pipeline:
 
     def forward(self, source: Source, resize: str = "crop") -> tuple[Forward, bool]:
         """Decode ``source``, preprocess and run the network; returns the ``Forward`` and whether it was cached."""
-        check_resize(resize)
+        check("resize mode", resize)
         start = time.perf_counter()
         data = read_source(source, self.config.limits)
         digest = digest_of(data)

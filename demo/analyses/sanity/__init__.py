@@ -3,6 +3,7 @@
     python -m demo.sanity cat.jpg --out out/sanity
     python -m demo.sanity cat.jpg --target class --mode both --out out/sanity
     python -m demo.sanity cat.jpg --target conv5_3/85 --methods guided,gradient --seed 1 --out out/sanity
+    python -m demo.sanity cat.jpg --target class --methods gradient,gradcam,smoothgrad,ig,edges --out out/sanity
     python -m demo.sanity docs/heldout_val.txt --root ../shared/data/cat12 --limit 50 --seeds 0,1,2 \
         --target conv5_3,class --steps 1,2,7,14 --out out/sanity_heldout          # mean +- sd
     python -m demo.sanity docs/heldout_val.txt --root ../shared/data/cat12 --target class --steps 0 \
@@ -23,8 +24,13 @@ Three checks, computed on the ONNX model without torch:
 **Methods.** A method is a function of (the model under test, the image, the target) returning a map
 (``measure.SanityMethod``; ``measure.METHODS`` lists them, ``measure.register_method`` adds one). The model under
 test is an ``OnnxModel`` (its ``run``, ``weights`` and ``head``): the trained one, a randomized copy or the other
-model. The three backward rules (``model.spec.RULES``: deconvnet, guided, gradient) are the first entries; any
-attribution method that computes a map from an ``OnnxModel``, an image and a class joins as one more entry.
+model. The three backward rules (``base.spec.RULES``: deconvnet, guided, gradient) are the first entries and map
+every target (conv layers, channels, classes). The evidence methods of ``demo.analyses.evidence`` follow
+(``measure.EVIDENCE``: gradcam, guided-gradcam, gradient-x-input, smoothgrad, ig, occlusion, and the baselines
+random and edges): they map class targets only (``--target class`` or ``class/CLASS``; a conv target with one of
+them is an error), each as its (H, W) map from the evidence registry computed on the model under test. The
+baselines read no weights, so they must fail the checks: their maps stay the same at every step and for every
+class. Any other method that computes a map from an ``OnnxModel``, an image and a class joins the same way.
 
 **Model randomization.** A layer is re-drawn from the distribution training initialises it with
 (``model.vgg.VGG._init_weights``): a conv weight (C_out, C_in, 3, 3) ~ N(0, 2 / (9 C_out)) (Kaiming normal, mode
@@ -43,7 +49,7 @@ The randomized network runs in onnxruntime: a session on the same .onnx file who
 it copies the file's own conv weights into re-ordered initializers and so silently ignores the overrides
 (measured with onnxruntime 1.31; a randomized forward pass identical to the trained one raises RuntimeError).
 Step 0 runs in a session of the same settings, so that the layers a step leaves trained compute bit for bit
-what they compute at step 0. The NumPy deconvnet (``demo.deconv_numpy.Deconvnet``) projects with the same
+what they compute at step 0. The NumPy deconvnet (``demo.backward.deconvnet.Deconvnet``) projects with the same
 randomized conv weights, and class targets go through the same randomized head.
 
 **Targets** (``--target``):
@@ -52,7 +58,10 @@ randomized conv weights, and class targets go through the same randomized head.
 - ``conv5_3/85``: channel 85's strongest activation projected alone (mode "channel"), in each step the strongest
   activation of that channel in that step's own forward pass;
 - ``class``: the logit (before softmax) of the class the trained model ranks first, projected with
-  ``Deconvnet.project_class``; ``class/3`` or ``class/Bengal``: that class. The same class index in every step.
+  ``Deconvnet.project_class`` (by the rules; the evidence methods map it their own way); ``class/3`` or
+  ``class/Bengal``: that class. The same class index in every step.
+
+The conv targets are for the backward rules only.
 
 **An exact shortcut.** A conv target's projection reads the activations and switches at and below its layer,
 which depend only on the weights at and below it, and the weights at and below it: randomizing the head or a conv

@@ -7,16 +7,22 @@ import argparse
 import csv
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from base.cli import add_model_options, run_cli
+from base.display import NORMS
+from base.images import IMAGE_EXTENSIONS
+from base.spec import RULES
 from demo.analyses import sanity as package
 from demo.analyses.figures import class_name
+from demo.analyses.sanity.config import SanityConfig
 from demo.analyses.sanity.figure import curves, filmstrip, stack, summary_curves
 from demo.analyses.sanity.measure import (
+    EVIDENCE,
     METHODS,
     METRICS,
     MODES,
@@ -35,12 +41,8 @@ from demo.analyses.sanity.verdicts import (
     write_verdicts,
 )
 from demo.analyses.sanity.view import describe
-from demo.cli import add_model_options, run_cli
-from demo.display import NORMS
 from demo.onnx_forward import OnnxModel
 from demo.preprocess import deprocess, load_image, preprocess
-from model.images import IMAGE_EXTENSIONS
-from model.spec import RULES
 
 CSV_COLUMNS = ("mode", "step", "randomized", "rule", *METRICS)
 CLASS_COLUMNS = ("rule", "class", "name", *METRICS)
@@ -65,31 +67,6 @@ def write_csvs(result: SanityResult, out: Path, class_names: Sequence[str] | Non
                     writer.writerow([rule, k, class_name(class_names, k), *(f"{v:.6f}" for v in row)])
 
 
-@dataclass
-class SanityConfig:
-    """One run of the checks; every field is a command-line option of the same name."""
-
-    inputs: list[str]  # image files, label files, folders
-    out: str  # output folder (created)
-    model: str | None = None  # .onnx file; default models/vgg16_cat12.onnx
-    target: str = "conv5_3"  # comma-separated: conv5_3 | LAYER/CHANNEL | class | class/CLASS
-    methods: str = ",".join(RULES)  # comma-separated methods (the backward rules and any registered method)
-    mode: str = "cascading"  # cascading | independent | both
-    seeds: str = "0"  # comma-separated seeds of the random weights
-    classes: bool = True  # also the class-sensitivity check
-    compare_model: str | None = None  # another .onnx file: the data-randomization comparison
-    root: str | None = None  # folder that label files' relative paths are resolved against
-    limit: int = 0  # at most this many images, round-robin over the labels (0: all)
-    steps: str = ""  # comma-separated step numbers to compute (0 always); empty: every step
-    norm: str = "minmax"  # display normalisation of the filmstrip's tiles
-    resize: str = "crop"  # crop (short side, centre square) or stretch
-    device: str = "auto"  # auto (CUDA if present), cuda, cpu
-
-    @property
-    def image(self) -> str:
-        return self.inputs[0]
-
-
 def parse_args(argv: list[str] | None = None) -> SanityConfig:
     """Fill a SanityConfig from the command line."""
     p = argparse.ArgumentParser(prog="python -m demo.sanity", description=package.__doc__,
@@ -105,7 +82,9 @@ def parse_args(argv: list[str] | None = None) -> SanityConfig:
                         "activation), class (the trained model's top-1 class logit) or class/CLASS (index or name); "
                         "several, comma-separated, share each step's forward pass (default: %(default)s)")
     p.add_argument("--methods", "--rules", dest="methods", default=",".join(RULES),
-                   help=f"comma-separated methods from {', '.join(METHODS)} (default: %(default)s)")
+                   help=f"comma-separated methods from {', '.join(METHODS)}; the rules ({', '.join(RULES)}) map "
+                        f"every target, the others ({', '.join(EVIDENCE)}) class targets only "
+                        "(default: %(default)s)")
     p.add_argument("--mode", choices=MODES, default="cascading",
                    help="cascading: re-draw the layers from the head down, one more per step; independent: one "
                         "layer at a time; both (default: %(default)s)")

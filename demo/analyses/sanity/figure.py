@@ -7,11 +7,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from base.display import map_image, reconstruction_image
+from base.spec import RULES
 from demo.analyses.figures import class_name, figure_to_array, new_figure
 from demo.analyses.sanity.measure import METRICS, SanityResult, Step
 from demo.analyses.sanity.randomize import ORDER
-from demo.display import reconstruction_image
-from model.spec import RULES
 
 
 def _column_title(step: Step) -> str:
@@ -20,11 +20,17 @@ def _column_title(step: Step) -> str:
     return f"+{step.randomized[-1]}" if step.mode == "cascading" else f"{step.randomized[0]} only"
 
 
+def _tile(m: np.ndarray, norm: str) -> tuple[np.ndarray, bool]:
+    """A method's map (3, H, W) or (1, H, W) -> (H, W, 3) uint8 and ``flat``."""
+    return map_image(m[0], norm) if m.shape[0] == 1 else reconstruction_image(m, norm)
+
+
 def filmstrip(result: SanityResult, mode: str = "cascading", norm: str = "minmax", picture: np.ndarray | None = None,
               class_names: Sequence[str] | None = None) -> np.ndarray:
-    """The maps of ``mode``'s steps -> (h, w, 3) uint8 RGB: rows the rules, columns the steps (each tile normalised
-    on its own by ``demo.display.reconstruction_image``, captioned with its spearman_abs); ``picture`` (H, W, 3)
-    uint8, the input as the network saw it, opens the first row."""
+    """The maps of ``mode``'s steps -> (h, w, 3) uint8 RGB: rows the methods, columns the steps (each tile
+    normalised on its own by ``base.display.reconstruction_image``, a one-channel map (1, H, W) by
+    ``base.display.map_image``; captioned with its spearman_abs); ``picture`` (H, W, 3) uint8, the input as the
+    network saw it, opens the first row."""
     steps = result.steps(mode)
     if not steps:
         raise ValueError(f"the result has no {mode} steps")
@@ -40,7 +46,7 @@ def filmstrip(result: SanityResult, mode: str = "cascading", norm: str = "minmax
                 axes[r, 0].set_title("input", fontsize=7)
         for c, step in enumerate(steps):
             ax = axes[r, c + offset]
-            tile, flat = reconstruction_image(step.maps[rule], norm)
+            tile, flat = _tile(step.maps[rule], norm)
             ax.imshow(tile)
             ax.set_xticks([])
             ax.set_yticks([])

@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
+from base.cli import parse_class
+from base.spec import CONV_LAYERS, HEAD_RELUS, RULES, SIZE_MULTIPLE, conv_channels, layer_rules
+from demo.analyses.evidence.methods import Network, attribute
 from demo.analyses.figures import class_name
 from demo.analyses.sanity.randomize import HEAD, ORDER, Forward, Randomizer
-from demo.cli import parse_class
-from demo.deconv_numpy import Deconvnet
-from demo.head_numpy import Head, head_backward, head_forward
+from demo.backward import Deconvnet, Head, head_backward, head_forward
 from demo.onnx_forward import OnnxModel
-from model.spec import CONV_LAYERS, HEAD_RELUS, RULES, SIZE_MULTIPLE, conv_channels, layer_rules
 
 MODES = ("cascading", "independent", "both")
 METRICS = ("spearman_abs", "spearman", "ssim")
@@ -170,7 +170,7 @@ class SanityMethod:
 
 
 def rule_method(rule: str) -> SanityMethod:
-    """The projection under backward rule ``rule`` (``model.spec.RULES``) as a method: conv and class targets, the
+    """The projection under backward rule ``rule`` (``base.spec.RULES``) as a method: conv and class targets, the
     class check batched (``class_projections``)."""
     if rule not in RULES:
         raise ValueError(f"unknown rule {rule!r}; expected one of {', '.join(RULES)}")
@@ -187,13 +187,42 @@ def rule_method(rule: str) -> SanityMethod:
                         description=f"the class or layer projection under the {rule} rule")
 
 
-METHODS: dict[str, SanityMethod] = {rule: rule_method(rule) for rule in RULES}  # the methods the checks know
+EVIDENCE = ("gradcam", "guided-gradcam", "gradient-x-input", "smoothgrad", "ig", "occlusion", "random", "edges")
+
+
+def evidence_method(name: str, **options) -> SanityMethod:
+    """Method ``name`` of the evidence registry (``demo.analyses.evidence.attribute``; one of ``EVIDENCE``) as a
+    method of the checks: the (H, W) map of a class target, computed on the model under test (its session, its
+    NumPy deconvnet and its head, so a randomized copy's own weights), class targets only. ``options`` go to
+    ``attribute`` (e.g. ``samples=4`` for SmoothGrad, ``steps=8`` for IG). The class check calls it once per class,
+    so SmoothGrad's noise and the random map's draw are the same for every class and every step: only the class
+    or the weights differ. The ``random`` and ``edges`` baselines read no weights: they are the maps that must
+    fail both checks (similarity 1 at every step and for every class)."""
+    if name not in EVIDENCE:
+        raise ValueError(f"unknown evidence method {name!r}; expected one of {', '.join(EVIDENCE)}")
+
+    def fn(subject: Subject, image: np.ndarray, target: Target) -> np.ndarray:
+        model = subject.model
+        network = Network(model.session, subject.deconvnet, model.head, np.asarray(model.mean, np.float32),
+                          np.asarray(model.std, np.float32))
+        class_index = subject.top if target.class_index is None else target.class_index
+        return attribute(name, network, image, class_index, **options)[0]  # (H, W)
+
+    return SanityMethod(name, fn, description=f"the {name} map of demo.analyses.evidence (class targets)")
+
+
+# The methods the checks know: the three backward rules (conv and class targets) and the evidence registry's other
+# methods (class targets); its gradient, deconvnet and guided are the rules' own class projections.
+METHODS: dict[str, SanityMethod] = {
+    **{rule: rule_method(rule) for rule in RULES},
+    **{name: evidence_method(name) for name in EVIDENCE},
+}
 
 
 def register_method(method: SanityMethod) -> None:
     """Add ``method`` to ``METHODS`` (replacing one of the same name): it then joins every check and the command's
-    ``--methods``. A method of the evidence registry joins as, e.g.,
-    ``SanityMethod("gradcam", lambda s, x, t: attribute("gradcam", s.model, x, t.class_index)[0])``."""
+    ``--methods``. ``register_method(evidence_method("smoothgrad", samples=4))`` replaces SmoothGrad's entry by one
+    with fewer noisy copies."""
     METHODS[method.name] = method
 
 

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from base.images import IMAGE_EXTENSIONS
+from base.labels import Sample
 from demo.analyses.sanity.measure import METRICS, Target, compare_maps, sanity_results
 from demo.onnx_forward import OnnxModel
 from demo.preprocess import preprocess
-from model.data import Sample
-from model.images import IMAGE_EXTENSIONS
 
 ROW_COLUMNS = ("image", "seed", "target", "mode", "step", "randomized", "method", *METRICS)
 CLASS_COLUMNS = ("image", "top", "method", *(f"{m}_mean_others" for m in METRICS))
@@ -46,8 +46,8 @@ def gather_images(inputs: Sequence[str], root: str | None = None, limit: int = 0
     folder). ``limit`` > 0 keeps that many, taken round-robin over the labels in list order (about equally many
     per class, the same ones on every run). FileNotFoundError for a path that does not exist; ValueError when
     nothing is found."""
+    from base.labels import parse_label_file
     from demo.analyses.dataset import read_samples
-    from model.data import parse_label_file
 
     samples: list[Sample] = []
     for text in inputs:
@@ -124,7 +124,7 @@ def run_verdicts(model: OnnxModel, samples: Sequence[Sample], targets: Sequence[
         for sample, name in zip(samples, names, strict=True):
             try:
                 x = preprocess(sample.path, model.input_size, model.mean, model.std, resize)
-            except ValueError as err:  # model.images.ImageError: one line naming the file
+            except ValueError as err:  # base.images.ImageError: one line naming the file
                 tqdm.write(f"skipped {err}", file=sys.stderr)
                 out.skipped.append(name)
                 pairs.update(len(seeds))
