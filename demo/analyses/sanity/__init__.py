@@ -4,9 +4,9 @@
     python -m demo.sanity cat.jpg --target class --mode both --out out/sanity
     python -m demo.sanity cat.jpg --target conv5_3/85 --methods guided,gradient --seed 1 --out out/sanity
     python -m demo.sanity cat.jpg --target class --methods gradient,gradcam,smoothgrad,ig,edges --out out/sanity
-    python -m demo.sanity docs/heldout_val.txt --root ../shared/data/cat12 --limit 50 --seeds 0,1,2 \
+    python -m demo.sanity docs/heldout_val.txt --root ../shared/data/cat12 --limit 50 --seeds 0,1,2 \\
         --target conv5_3,class --steps 1,2,7,14 --out out/sanity_heldout          # mean +- sd
-    python -m demo.sanity docs/heldout_val.txt --root ../shared/data/cat12 --target class --steps 0 \
+    python -m demo.sanity docs/heldout_val.txt --root ../shared/data/cat12 --target class --steps 0 \\
         --no-classes --compare-model shuffled.onnx --out out/sanity_data          # data randomization
 
 Three checks, computed on the ONNX model without torch:
