@@ -167,3 +167,80 @@ def load_data(config: TrainConfig, progress: bool) -> Data:
     if getattr(config, "shuffle_labels", False):
         train_samples = shuffle_labels(train_samples, config.seed)
     return Data(train_samples, val_samples, class_names_for(config.data, found, num_classes), len(samples))
+
+
+# --- the split as a file: ``python -m model.data --split`` -------------------------------------------------------
+
+@dataclass
+class SplitConfig:
+    """One listing of the split; every field is a command-line option of the same name."""
+
+    data: str  # label file, folder holding train_list.txt, or ImageFolder tree
+    out: str  # the list to write
+    val_fraction: float = 0.2
+    seed: int = 0
+    part: str = "val"  # val (held out) or train
+    classes: int | None = None
+
+
+def data_root(data: str | Path) -> Path:
+    """The folder the paths of ``data`` are written relative to: a label file's folder, else ``data`` itself."""
+    data = Path(data)
+    return data.parent if data.is_file() else data
+
+
+def split_lines(samples: Sequence[Sample], root: str | Path) -> list[str]:
+    """``relative_path<TAB>label`` lines, paths relative to ``root`` in POSIX form (as in cat-12's label file)."""
+    root = Path(root).resolve()
+    return [f"{Path(s.path).resolve().relative_to(root).as_posix()}\t{s.label}\n" for s in samples]
+
+
+def write_split(config: SplitConfig, progress: bool = True) -> tuple[list[Sample], list[Sample]]:
+    """Read ``config.data``, drop unreadable images, split as training does (``split_samples``, same seed and
+    fraction) and write ``config.part``'s ``relative_path<TAB>label`` lines to ``config.out``: file names and
+    labels, no pixels. Returns (train, val). Needs no torch."""
+    if not 0 <= config.val_fraction < 1:
+        raise ValueError(f"--val-fraction must be in [0, 1), got {config.val_fraction}")
+    if config.part not in ("val", "train"):
+        raise ValueError(f"--part must be val or train, got {config.part!r}")
+    classes = config.classes or (len(CAT12_BREEDS) if is_cat12(config.data) else None)
+    samples, _ = find_samples(config.data, classes)
+    samples, digests = check_images(samples, progress=progress)
+    train, val = split_samples(samples, digests, config.val_fraction, config.seed)
+    lines = split_lines(val if config.part == "val" else train, data_root(config.data))
+    out = Path(config.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(lines), encoding="utf-8")
+    print(f"wrote {len(lines)} {config.part} paths ({len(train)} train, {len(val)} val; seed {config.seed}, "
+          f"val fraction {config.val_fraction}) to {out}")
+    return train, val
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m model.data --split``: the exit status (0 written, 2 bad input)."""
+    import argparse
+
+    from base.cli import run_cli
+
+    p = argparse.ArgumentParser(
+        prog="python -m model.data",
+        description="Write the duplicate-safe train/validation split that `python -m model.train` uses (the same "
+                    "split_samples, seed and fraction) as a list of 'relative_path<TAB>label' lines, without "
+                    "training and without torch. Paths are relative to the label file's folder (or the ImageFolder "
+                    "root). Bad input is one 'error:' line and exit status 2.")
+    p.add_argument("--split", action="store_true", required=True, help="write the split (the only action)")
+    p.add_argument("--data", required=True,
+                   help="label file, folder holding train_list.txt, or ImageFolder tree (e.g. ../shared/data/cat12)")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="share of each class held out (default: 0.2)")
+    p.add_argument("--seed", type=int, default=0, help="the training run's --seed (default: 0)")
+    p.add_argument("--part", choices=("val", "train"), default="val",
+                   help="which side to write (default: val, the held-out images)")
+    p.add_argument("--classes", type=int, default=None, help="number of classes (default: from the data)")
+    p.add_argument("--out", required=True, metavar="FILE", help="the list to write")
+    args = p.parse_args(argv)
+    config = SplitConfig(args.data, args.out, args.val_fraction, args.seed, args.part, args.classes)
+    return run_cli(write_split, config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

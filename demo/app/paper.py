@@ -107,7 +107,7 @@ def health_for(pipeline: Pipeline, health_dir: str | Path | None = None) -> tupl
     return pipeline.store.png(filters, folder, "conv1_filters"), figure_png, summary
 
 
-# --- sanity checks (Adebayo et al. 2018) ----------------------------------------------------------------------
+# --- sanity checks (Adebayo et al. 2018; Nie et al. 2018; Sixt et al. 2020) -----------------------------------
 
 def sanity_for(pipeline: Pipeline, source: Source, target: str = "conv5_3", norm: str = "minmax",
                resize: str = "crop", progress: Progress = None) -> tuple[str, str, str]:

@@ -108,7 +108,8 @@ def health_tab(page: Page, health_dir: str | Path | None) -> None:
 
 
 def sanity_tab(page: Page) -> None:
-    """The randomization checks of Adebayo et al. 2018 for the current image, every backward rule."""
+    """The randomization checks of Adebayo et al. 2018 and the class sensitivity check (Nie et al. 2018; Sixt et al.
+    2020) for the current image, every backward rule."""
     with gr.Tab("Sanity checks", id="sanity") as tab:
         gr.Markdown(SANITY_HELP)
         with gr.Row(equal_height=True):

@@ -11,14 +11,22 @@ from base.spec import RULES
 class SanityConfig:
     """One run of the checks; every field is a command-line option of the same name."""
 
-    image: str  # the image file
+    inputs: list[str]  # image files, label files, folders
     out: str  # output folder (created)
     model: str | None = None  # .onnx file; default models/vgg16_cat12.onnx
-    target: str = "conv5_3"  # conv5_3 | LAYER/CHANNEL | class | class/CLASS
-    rules: str = ",".join(RULES)  # comma-separated backward rules
+    target: str = "conv5_3"  # comma-separated: conv5_3 | LAYER/CHANNEL | class | class/CLASS
+    methods: str = ",".join(RULES)  # comma-separated methods (the backward rules and any registered method)
     mode: str = "cascading"  # cascading | independent | both
-    seed: int = 0  # seed of the random weights
+    seeds: str = "0"  # comma-separated seeds of the random weights
     classes: bool = True  # also the class-sensitivity check
+    compare_model: str | None = None  # another .onnx file: the data-randomization comparison
+    root: str | None = None  # folder that label files' relative paths are resolved against
+    limit: int = 0  # at most this many images, round-robin over the labels (0: all)
+    steps: str = ""  # comma-separated step numbers to compute (0 always); empty: every step
     norm: str = "minmax"  # display normalisation of the filmstrip's tiles
     resize: str = "crop"  # crop (short side, centre square) or stretch
     device: str = "auto"  # auto (CUDA if present), cuda, cpu
+
+    @property
+    def image(self) -> str:
+        return self.inputs[0]
