@@ -42,6 +42,7 @@ class PredictConfig:
     batch_size: int = 16  # images per onnxruntime call
     resize: str = "crop"  # crop (short side, centre square) or stretch
     device: str = "auto"  # auto (CUDA if present), cuda, cpu
+    tf32: bool = False  # on CUDA, allow TF32 (faster, not exact)
     confusion_png: str | None = None  # also draw the confusion matrix here (needs matplotlib)
     tta: bool = False  # also classify the mirror image and average (horizontal-flip test-time augmentation)
 
@@ -143,7 +144,7 @@ def plot_confusion(cm: np.ndarray, names: Sequence[str], path: str | Path) -> No
 
 def run(config: PredictConfig) -> dict:
     """Do the run that ``config`` describes; return {"paths", "probs", "accuracy", "confusion"}."""
-    model = OnnxModel(config.model, device=config.device)
+    model = OnnxModel(config.model, device=config.device, allow_tf32=config.tf32)
     samples = parse_label_file(config.labels) if config.labels else []
     labelled = {s.path.resolve(): s.label for s in samples}
     paths = collect_images(config.inputs) if config.inputs else [s.path for s in samples]

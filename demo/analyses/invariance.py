@@ -278,6 +278,7 @@ class InvarianceConfig:
     batch_size: int = 8  # transformed images per forward pass
     resize: str = "crop"  # crop (short side, centre square) or stretch
     device: str = "auto"  # auto (CUDA if present), cuda, cpu
+    tf32: bool = False  # on CUDA, allow TF32 (faster, not exact)
 
 
 def parse_args(argv: list[str] | None = None) -> InvarianceConfig:
@@ -317,7 +318,7 @@ def parse_args(argv: list[str] | None = None) -> InvarianceConfig:
 
 def run(config: InvarianceConfig) -> InvarianceResult:
     """Do the run that ``config`` describes; return the curves."""
-    model = OnnxModel(config.model, device=config.device)
+    model = OnnxModel(config.model, device=config.device, allow_tf32=config.tf32)
     paths = collect_images(config.inputs)[: config.limit]
     if not paths:
         raise ValueError("no images found")

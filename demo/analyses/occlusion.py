@@ -246,6 +246,7 @@ class OcclusionConfig:
     batch_size: int = 16  # occluded images per forward pass
     resize: str = "crop"  # crop (short side, centre square) or stretch
     device: str = "auto"  # auto (CUDA if present), cuda, cpu
+    tf32: bool = False  # on CUDA, allow TF32 (faster, not exact)
 
 
 def parse_args(argv: list[str] | None = None) -> OcclusionConfig:
@@ -272,7 +273,7 @@ def parse_args(argv: list[str] | None = None) -> OcclusionConfig:
 
 def run(config: OcclusionConfig) -> OcclusionResult:
     """Do the run that ``config`` describes; return the maps."""
-    model = OnnxModel(config.model, device=config.device)
+    model = OnnxModel(config.model, device=config.device, allow_tf32=config.tf32)
     target = parse_class(config.label, model.class_names)
     x = preprocess(load_image(config.image), model.input_size, model.mean, model.std, config.resize)
     result = occlusion_maps(model, x, config.size, config.stride, target, config.layer, config.batch_size)

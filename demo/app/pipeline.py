@@ -79,9 +79,10 @@ class Pipeline:
 
     @classmethod
     def from_path(cls, path: str | Path | None = None, device: str = "auto", threads: int | None = None,
-                  config: PipelineConfig | None = None) -> Pipeline:
-        """Load the .onnx file ``path`` (None: the default model) and build the pipeline around it."""
-        return cls(OnnxModel(path, device=device, threads=threads), config)
+                  config: PipelineConfig | None = None, allow_tf32: bool = False) -> Pipeline:
+        """Load the .onnx file ``path`` (None: the default model) and build the pipeline around it (``allow_tf32``:
+        let CUDA use TF32)."""
+        return cls(OnnxModel(path, device=device, threads=threads, allow_tf32=allow_tf32), config)
 
     def warm_up(self) -> None:
         """Run one blank image through the network and the deconvnet (every layer, and a top-k), so that the first
@@ -95,8 +96,8 @@ class Pipeline:
 
     @property
     def provider(self) -> str:
-        """The onnxruntime execution provider that really runs the forward pass."""
-        return self.model.providers[0]
+        """The onnxruntime execution provider that really runs the forward pass, with its TF32 setting on CUDA."""
+        return self.model.provider
 
     def close(self) -> None:
         """Delete the pictures written so far."""

@@ -54,6 +54,7 @@ class MineConfig:
     render: str = "16"  # which pictures to draw: "all", "none", or N (the N strongest channels per layer)
     limit: int | None = None  # only the first N images of the data
     device: str = "auto"  # auto (CUDA if present), cuda, cpu
+    tf32: bool = False  # on CUDA, allow TF32 (faster, not exact)
     workers: int = 2  # image-decoding threads
     save_every: int = 20  # batches between saved states
     resume: bool = False  # continue an interrupted run in --out
@@ -126,7 +127,7 @@ def run(config: MineConfig, progress: Callable[[int, int], None] | None = None, 
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
-    model = OnnxModel(config.model, device=config.device)
+    model = OnnxModel(config.model, device=config.device, allow_tf32=config.tf32)
     size = config.size or model.input_size
     settings = {"model": str(model.path), "model_sha1": model_sha1(model.path), "data": str(config.data),
                 "k": config.k, "resize": config.resize, "norm": config.norm, "rule": config.rule,

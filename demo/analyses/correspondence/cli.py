@@ -45,6 +45,7 @@ class CorrespondenceConfig:
     tolerance: float = 1e-4  # |eps| up to this times the layer's largest original value counts as 0
     resize: str = "crop"  # crop (short side, centre square) or stretch
     device: str = "auto"  # auto (CUDA if present), cuda, cpu
+    tf32: bool = False  # on CUDA, allow TF32 (faster, not exact)
 
 
 def parse_args(argv: list[str] | None = None) -> CorrespondenceConfig:
@@ -118,7 +119,7 @@ def run(config: CorrespondenceConfig) -> CorrespondenceResult:
     layers = parse_layer_list(config.layers)
     annotations = read_boxes(config.boxes)
     parts = part_order(annotations)
-    model = OnnxModel(config.model, device=config.device)
+    model = OnnxModel(config.model, device=config.device, allow_tf32=config.tf32)
     images, boxes, notes = load_inputs(config, annotations, model)  # images (N, 3, size, size)
     result = correspondence(images, boxes, model_features(model, layers), parts, config.draws, config.seed,
                             config.batch_size, config.tolerance)

@@ -30,6 +30,7 @@ class HealthConfig:
     workers: int = 2  # image-decoding threads
     resize: str = "crop"  # crop (short side, centre square) or stretch
     device: str = "auto"  # auto (CUDA if present), cuda, cpu
+    tf32: bool = False  # on CUDA, allow TF32 (faster, not exact)
 
 
 def parse_args(argv: list[str] | None = None) -> HealthConfig:
@@ -62,7 +63,7 @@ def run(config: HealthConfig, bar: bool = True) -> HealthStats:
     samples = read_samples(config.data)
     if config.limit is not None:
         samples = samples[: config.limit]
-    model = OnnxModel(config.model, device=config.device)
+    model = OnnxModel(config.model, device=config.device, allow_tf32=config.tf32)
     print(f"measuring {len(spec.CONV_LAYERS)} conv layers over {len(samples)} images at {model.input_size} px on "
           f"{model.device}", flush=True)
     stats = measure(model, samples, None, config.resize, config.batch_size, config.workers, config.rare,

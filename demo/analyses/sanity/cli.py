@@ -62,6 +62,7 @@ class SanityConfig:
     norm: str = "minmax"  # display normalisation of the filmstrip's tiles
     resize: str = "crop"  # crop (short side, centre square) or stretch
     device: str = "auto"  # auto (CUDA if present), cuda, cpu
+    tf32: bool = False  # on CUDA, allow TF32 (faster, not exact)
 
 
 def parse_args(argv: list[str] | None = None) -> SanityConfig:
@@ -94,7 +95,7 @@ def run(config: SanityConfig) -> SanityResult:
     if config.norm not in NORMS:
         raise ValueError(f"--norm must be one of {NORMS}, got {config.norm!r}")
     rules = parse_rules(config.rules)
-    model = OnnxModel(config.model, device=config.device)
+    model = OnnxModel(config.model, device=config.device, allow_tf32=config.tf32)
     target = parse_target(config.target, model.class_names)
     x = preprocess(load_image(config.image), model.input_size, model.mean, model.std, config.resize)
     result = sanity_checks(model, x, target, rules, config.mode, config.seed, config.classes)

@@ -14,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from demo.analyses.figures import class_name
-from demo.analyses.sanity.randomize import HEAD, ORDER, Forward, Randomizer, run_session
+from demo.analyses.sanity.randomize import HEAD, ORDER, Forward, Randomizer, check_randomized, run_session
 from demo.cli import parse_class
 from demo.deconv_numpy import Deconvnet
 from demo.head_numpy import Head, head_backward, head_forward
@@ -248,17 +248,14 @@ def _check_input(image: np.ndarray, mode: str) -> None:
 def _randomized_maps(rand: Randomizer, image: np.ndarray, base: Forward, target: Target, class_index: int,
                      rules: Sequence[str], key: tuple[str, ...], timed: _Timer) -> dict[str, np.ndarray]:
     """The maps (rule -> (3, H, W) float32) of the step that re-draws the layers ``key``: its own forward pass of
-    ``image`` (1, 3, H, W) and deconvnet. RuntimeError when the forward pass equals the trained one ``base``
-    (onnxruntime ignored the overridden initializers)."""
+    ``image`` (1, 3, H, W) and deconvnet. RuntimeError when the forward pass did not compute a randomized layer
+    with its drawn weights (``check_randomized``, layer by layer, against the trained pass ``base``)."""
     for layer in key:
         timed("weights", rand.draws, layer)  # cached for the session and the deconvnet below
     session = timed("forward", rand.session, key)
     forward = timed("forward", run_session, session, image)
     del session
-    if np.array_equal(forward[0], base[0]) and all(
-            np.array_equal(forward[1][n], base[1][n]) for n in CONV_LAYERS):
-        raise RuntimeError(f"onnxruntime ignored the overridden initializers of {'+'.join(key)}: the "
-                           "randomized forward pass equals the trained one")
+    check_randomized(rand, key, image, forward, base)
     net = timed("weights", rand.deconvnet, key)
     head = rand.head(key)
     return {rule: timed("projection", project_target, net, head, forward, target, class_index, rule)
