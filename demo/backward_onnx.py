@@ -195,6 +195,10 @@ class OnnxDeconvnet:
         image_of = np.arange(B) if image_of is None else np.asarray(image_of, dtype=np.int64)
         names = CONV_LAYERS[: CONV_LAYERS.index(layer) + 1]
         rules = layer_rules(rule, names)
+        missing = [n for n in names if rules[n] != "deconvnet" and (activations is None or n not in activations)]
+        if missing:
+            raise ValueError(f"the rules {sorted({rules[n] for n in missing})} need the forward activations of "
+                             f"{', '.join(missing)} (pass activations=)")
         feeds: dict[str, np.ndarray] = {SIGNAL: signal}
         unit = np.zeros((1, 1, 1, 1), np.float32)
         for name in names:
@@ -203,9 +207,6 @@ class OnnxDeconvnet:
             feeds[flag_inputs(name)[1]] = np.array(pass_a)
             if pass_a:
                 feeds[activation_input(name)] = unit
-            elif activations is None or name not in activations:
-                raise ValueError(f"the rule {rules[name]!r} needs the forward activation of {name} (pass "
-                                 "activations=)")
             else:
                 feeds[activation_input(name)] = _rows(activations[name], image_of, np.float32)
             pool = pool_below(name)
