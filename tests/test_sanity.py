@@ -438,3 +438,8 @@ def test_the_randomized_session_runs_on_the_models_providers(onnx_model, randomi
     changed = {i.name for i, j in zip(proto.graph.initializer, clone.graph.initializer, strict=True) if i != j}
     assert changed == {slots.weight.name, slots.bias.name}  # only conv1_1's weight and bias replaced
     assert proto.SerializeToString() == before  # in a copy: the trained graph is left as it is
+    joined = onnx.ModelProto()
+    joined.ParseFromString(randomizer.serialised.bytes_with(randomizer.overrides(("head", "conv1_1"))))
+    assert joined == randomize.randomized_proto(proto, randomizer.overrides(("head", "conv1_1")))
+    assert randomizer.serialised.bytes_with({}) and onnx.load_from_string(
+        randomizer.serialised.bytes_with({})) == proto

@@ -206,6 +206,59 @@ def randomized_proto(proto: onnx.ModelProto, initializers: Mapping[str, np.ndarr
     return clone
 
 
+def _header(number: int, length: int) -> bytes:
+    """Protocol buffers' wire header of a length-delimited field ``number`` of ``length`` bytes."""
+    out = bytearray()
+    for value in ((number << 3) | 2, length):
+        while value > 0x7F:
+            out.append((value & 0x7F) | 0x80)
+            value >>= 7
+        out.append(value)
+    return bytes(out)
+
+
+class SerialisedGraph:
+    """A ModelProto cut into serialised pieces, so that a copy with some initializers replaced is serialised by
+    joining bytes: the model without its graph, the graph without its initializers, and each initializer.
+
+    ``bytes_with(initializers)`` equals ``randomized_proto(proto, initializers).SerializeToString()`` once parsed
+    (protocol buffers merge a message's fields in any order; the initializers come last), at the cost of a copy
+    of the bytes instead of a copy of the message and a serialisation of every tensor.
+    """
+
+    MODEL_GRAPH, GRAPH_INITIALIZER = 7, 5  # field numbers of ModelProto.graph and GraphProto.initializer
+
+    def __init__(self, proto: onnx.ModelProto) -> None:
+        shell = onnx.ModelProto()
+        shell.CopyFrom(proto)
+        self.order = [init.name for init in shell.graph.initializer]
+        self.tensors = {init.name: init.SerializeToString() for init in shell.graph.initializer}
+        del shell.graph.initializer[:]
+        self.graph = shell.graph.SerializeToString()
+        shell.ClearField("graph")
+        self.model = shell.SerializeToString()
+
+    @staticmethod
+    def tensor_bytes(name: str, value: np.ndarray) -> bytes:
+        """The serialised float32 TensorProto ``name`` holding ``value``."""
+        return numpy_helper.from_array(np.ascontiguousarray(value, dtype=np.float32), name).SerializeToString()
+
+    def bytes_with(self, initializers: Mapping[str, np.ndarray | bytes]) -> bytes:
+        """The serialised model with ``initializers`` (name -> array in the graph's layout, or its ``tensor_bytes``)
+        replacing its own."""
+        unknown = [name for name in initializers if name not in self.tensors]
+        if unknown:
+            raise KeyError(f"no initializer named {unknown}")
+        tensors = [self.tensors[name] if name not in initializers else initializers[name]
+                   if isinstance(initializers[name], bytes) else self.tensor_bytes(name, initializers[name])
+                   for name in self.order]
+        pieces = [self.graph]
+        for t in tensors:
+            pieces += [_header(self.GRAPH_INITIALIZER, len(t)), t]
+        size = sum(len(p) for p in pieces)
+        return b"".join([self.model, _header(self.MODEL_GRAPH, size), *pieces])  # one copy of the bytes
+
+
 def override_session(model: OnnxModel, initializers: Mapping[str, np.ndarray],
                      proto: onnx.ModelProto | None = None) -> ort.InferenceSession:
     """A session, with ``model``'s providers, provider options and threads, of a copy of its graph (``proto``,
@@ -305,7 +358,9 @@ class Randomizer:
             raise ValueError(f"the seed must be at least 0, got {seed}")
         self.model, self.seed = model, seed
         self.slots = model_slots(model)
-        self.proto = onnx.load(str(model.path))  # the trained graph, copied for each randomized session
+        self.proto = onnx.load(str(model.path))  # the trained graph
+        self.serialised = SerialisedGraph(self.proto)  # its pieces, joined for each randomized session
+        self._tensors: dict[str, bytes] = {}  # initializer name -> its drawn value serialised
         self._draws: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         self._layouts: dict[tuple[str, bool], DeconvWeight] = {}  # (layer, randomized) -> layout
 
@@ -343,9 +398,14 @@ class Randomizer:
         return out
 
     def session(self, randomized: Sequence[str]) -> ort.InferenceSession:
-        """An onnxruntime session of the model with the layers in ``randomized`` re-drawn (``override_session``:
-        a copy of the graph with the replaced initializers, on the model's providers)."""
-        return override_session(self.model, self.overrides(randomized), self.proto)
+        """An onnxruntime session of the model with the layers in ``randomized`` re-drawn: the serialised graph
+        with the replaced initializers (``SerialisedGraph``), loaded on the model's providers and options."""
+        overrides = self.overrides(randomized)
+        for name, value in overrides.items():
+            if name not in self._tensors:  # each drawn tensor serialised once, then joined in every step
+                self._tensors[name] = SerialisedGraph.tensor_bytes(name, value)
+        drawn = {name: self._tensors[name] for name in overrides}
+        return self.model.new_session(self.serialised.bytes_with(drawn))
 
     def trained_bias(self, layer: str) -> np.ndarray:
         """The trained bias (C_out,) float32 of conv ``layer`` as its Conv node adds it (zeros when it has none)."""
