@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU path, checked on a machine with an NVIDIA GPU, offline, with what is installed (nothing is downloaded or
-# pip-installed): the python of .venv when there is one, else python3.
+# pip-installed): $PYTHON if set, else the python of .venv when there is one, else python3.
 #   1. the GPU and onnxruntime's providers,
 #   2. the NumPy stage's thread scaling: bench/deconv.py --threads 1,2,4,8,16,
 #   3. bench/gpu_split.py at 112 and 224 px: forward and backward split (NumPy, and the ONNX descent graphs on
@@ -11,7 +11,7 @@
 #
 #   bash bench/gpu_check.sh                  # from anywhere; runs in the repository root
 #   DEVICE=cpu bash bench/gpu_check.sh       # the same steps on onnxruntime's CPU provider (no GPU needed)
-#   THREADS=1,2,4 SIZES=112 bash bench/gpu_check.sh
+#   THREADS=1,2,4 SIZES=112 PYTHON=/path/to/python bash bench/gpu_check.sh
 # A step that fails is reported and the others still run; the exit status is 1 when any step failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +19,7 @@ export GRADIO_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1 PIP_NO_INDEX=1 PYTHONUNBU
 DEVICE=${DEVICE:-cuda}
 THREADS=${THREADS:-1,2,4,8,16}
 SIZES=${SIZES:-112,224}
-if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 failed=()
 step() { echo; echo "=== $*"; }
 fail() { echo "gpu_check: FAILED: $*"; failed+=("$*"); }
