@@ -19,7 +19,7 @@ import sys
 import threading
 from dataclasses import dataclass, fields
 
-from demo.cli import add_model_options, run_cli, set_threads
+from base.cli import add_model_options, run_cli, set_threads
 
 
 def _env_port() -> int | None:

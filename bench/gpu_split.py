@@ -8,8 +8,8 @@ one image (``--image``), median of ``--repeats`` runs after one untimed run, in 
 
 - forward: every activation and switch copied to the host; and the probabilities only;
 - backward, one descent from conv5_3 (mode "layer", deconvnet rule) and the 13-layer view (13 descents, one per
-  conv layer): the NumPy stage (``demo.deconv_numpy``, on the CPU whatever the device) and the ONNX descent graphs
-  (``demo.backward_onnx``, on the device's provider);
+  conv layer): the NumPy stage (``demo.backward.deconvnet``, on the CPU whatever the device) and the ONNX descent graphs
+  (``demo.backward.onnx_graph``, on the device's provider);
 - the 13-layer view served: forward + 13 ONNX descents + display normalisation and PNG encoding (zlib level 1, as
   the app), the server-side cost of the app's "all layers" view;
 - against the CPU provider (the same model and image in a second session on the CPU): the activations' relative
@@ -92,7 +92,7 @@ def flipped_share(switches: dict, cpu_switches: dict, cpu_acts: dict) -> float:
     """Share of switches (all pools) that point elsewhere than the CPU's and at a different CPU value there."""
     import numpy as np
 
-    from model.spec import CONV_LAYERS, POOL_LAYERS, block_of
+    from base.spec import CONV_LAYERS, POOL_LAYERS, block_of
 
     flips = total = 0
     for pool in POOL_LAYERS:
@@ -112,11 +112,11 @@ def measure(config: SplitConfig, model, cpu, numpy_net, onnx_net, x) -> None:
     import numpy as np
     from PIL import Image
 
+    from base.display import reconstruction_image
+    from base.spec import CONV_LAYERS, INPUT_NAME, PROBS_NAME, RULES
     from demo.analyses.sanity.measure import cascading_steps, sanity_checks
     from demo.analyses.sanity.randomize import Randomizer, run_session
-    from demo.deconv_numpy import Deconvnet
-    from demo.display import reconstruction_image
-    from model.spec import CONV_LAYERS, INPUT_NAME, PROBS_NAME, RULES
+    from demo.backward.deconvnet import Deconvnet
 
     size = x.shape[-1]
     probs, acts, switches = model.run(x)
@@ -177,13 +177,13 @@ def measure(config: SplitConfig, model, cpu, numpy_net, onnx_net, x) -> None:
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from demo.cli import set_threads
+    from base.cli import set_threads
 
     threads = set_threads(config.threads or None)  # before NumPy is imported
     import onnxruntime as ort
 
-    from demo.backward_onnx import OnnxDeconvnet
-    from demo.deconv_numpy import Deconvnet
+    from demo.backward.deconvnet import Deconvnet
+    from demo.backward.onnx_graph import OnnxDeconvnet
     from demo.onnx_forward import OnnxModel
     from demo.preprocess import load_image, preprocess
 

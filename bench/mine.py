@@ -31,7 +31,6 @@ that needs torch, the benchmark only.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -82,24 +81,24 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
 
 
 CONFIG = parse_args()
-THREADS = CONFIG.threads or len(os.sched_getaffinity(0))
-os.environ["OPENBLAS_NUM_THREADS"] = str(THREADS)  # before NumPy loads OpenBLAS
-os.environ["OMP_NUM_THREADS"] = str(THREADS)
 sys.path.insert(0, str(ROOT))
+from base.cli import cpu_threads, set_threads  # noqa: E402  (loads no NumPy)
+
+THREADS = set_threads(CONFIG.threads or cpu_threads())  # BLAS and OpenMP pools, before NumPy loads OpenBLAS
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from base import spec  # noqa: E402
+from base.cli import parse_layers  # noqa: E402
+from base.labels import Sample  # noqa: E402
 from demo.analyses import dataset  # noqa: E402
 from demo.analyses.atlas import cli as atlas_cli  # noqa: E402
 from demo.analyses.atlas import render as atlas_render  # noqa: E402
 from demo.analyses.atlas.mine import TopK, stream  # noqa: E402
 from demo.analyses.atlas.read import Atlas  # noqa: E402
-from demo.cli import parse_layers  # noqa: E402
-from demo.deconv_numpy import Deconvnet  # noqa: E402
+from demo.backward import Deconvnet  # noqa: E402
 from demo.onnx_forward import OnnxModel  # noqa: E402
-from model import spec  # noqa: E402
-from model.data import Sample  # noqa: E402
 
 
 def export_random(path: Path, size: int) -> None:

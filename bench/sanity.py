@@ -67,14 +67,14 @@ def load() -> str:
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from demo.cli import set_threads
+    from base.cli import set_threads
 
     threads = set_threads(config.threads or None)  # before NumPy is imported
+    from base.spec import RULES
     from demo.analyses.sanity.measure import class_sensitivity, sanity_checks
     from demo.analyses.sanity.randomize import Randomizer, run_session
     from demo.onnx_forward import OnnxModel
     from demo.preprocess import load_image, preprocess
-    from model.spec import RULES
 
     model = OnnxModel(config.model, device="cpu", threads=threads)
     size = config.size or model.input_size

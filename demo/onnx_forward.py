@@ -23,9 +23,9 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from demo.cli import DEFAULT_MODEL, DEVICES, REPO_ROOT, cpu_threads
-from demo.head_numpy import Head
-from model import spec
+from base import spec
+from base.cli import DEFAULT_MODEL, DEVICES, REPO_ROOT, cpu_threads
+from demo.backward.head import Head
 
 
 def resolve_model_path(path: str | Path | None) -> Path:
@@ -175,7 +175,7 @@ def _linear_layers(graph: onnx.GraphProto) -> list[tuple[np.ndarray, np.ndarray]
 
 
 def head_weights(source: str | Path | onnx.ModelProto) -> Head:
-    """The class-score head of an exported VGG16 (a .onnx file or a loaded model), for ``demo.head_numpy``.
+    """The class-score head of an exported VGG16 (a .onnx file or a loaded model), for ``demo.backward.head``.
 
     The kind ("gmp" or "torchvision") is the model card's "head" (by the number of Linear layers for files
     without one); the Linear layers are read from the graph after the last Conv (Gemm, or MatMul + Add).
@@ -197,7 +197,7 @@ class OnnxModel:
         mean, std: per-channel RGB normalisation (3,) of the input, on pixels scaled to [0, 1].
         input_size: side in pixels of the images the model was trained on.
         layers: conv and pool names in network order; ``conv_layers`` / ``pool_layers`` split them.
-        switch_convention: how the switch outputs index their input plane (``model.spec.SWITCH_CONVENTION``).
+        switch_convention: how the switch outputs index their input plane (``base.spec.SWITCH_CONVENTION``).
         model_card: the exporter's description (data, accuracy, training config), a dict.
         weights: conv name -> (C_out, C_in, 3, 3) float32, batch norm folded (for the NumPy deconvnet).
         providers: the execution providers the session really uses, e.g. ["CPUExecutionProvider"].

@@ -1,10 +1,10 @@
-"""The GPU path, tested on onnxruntime's CPU provider: the descent as ONNX graphs (demo/backward_onnx.py) against
+"""The GPU path, tested on onnxruntime's CPU provider: the descent as ONNX graphs (demo/backward/onnx_graph.py) against
 the NumPy stage and the PyTorch reference, the CUDA provider options (TF32 off unless asked for), the sessions
 that share the forward model's providers, and the app's choice of backward stage.
 
 - Every rule, every layer, the modes "layer", "channel" and "topk", a rule per layer, rows from interleaved
   images, and class targets (the global-max-pool head and torchvision's): relative error <= 1e-4 against
-  ``demo.deconv_numpy`` and ``model.deconvnet``, all on onnxruntime's activations and switches.
+  ``demo.backward.deconvnet`` and ``model.deconvnet``, all on onnxruntime's activations and switches.
 - The graph: ConvTranspose with the model's own weights, unpooling by ScatterElements (no MaxUnpool).
 """
 
@@ -19,11 +19,11 @@ import torch
 from conftest import TINY_SIZE, check_images
 from onnx import numpy_helper
 
-from demo.backward_onnx import OnnxDeconvnet, descent_graph
-from demo.deconv_numpy import MODES, Deconvnet
+from base.spec import CONV_LAYERS, POOL_LAYERS, RULES
+from demo.backward.deconvnet import MODES, Deconvnet
+from demo.backward.onnx_graph import OnnxDeconvnet, descent_graph
 from demo.onnx_forward import CPU, CUDA, OnnxModel, provider_label, providers_for
 from model.deconvnet import Deconvnet as TorchDeconvnet
-from model.spec import CONV_LAYERS, POOL_LAYERS, RULES
 
 RTOL = 1e-4  # max |ours - theirs| / max |theirs|
 

@@ -4,7 +4,7 @@ The imports are read from the sources with ``ast`` (lazy imports inside function
 distributions that provide them with ``importlib.metadata.packages_distributions()``. A module is fine when it is
 in the standard library, part of this repository, or provided by a distribution pinned (``name==version``) in
 ``requirements.txt`` or ``requirements-dev.txt``. The app's own closure (``app.py``, ``demo/`` and what they
-import from ``model/``) must be covered by ``requirements.txt`` alone and never reach torch.
+import from ``base/``) must be covered by ``requirements.txt`` alone and never reach torch.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SOURCE_DIRS = ("demo", "model", "export", "tests", "bench", "docs")
+SOURCE_DIRS = ("base", "demo", "model", "export", "tests", "bench", "docs")
 TORCH_ONLY = ("torch", "torchvision", "onnxscript")  # what requirements-dev.txt adds for training and export
 
 
@@ -34,7 +34,7 @@ def sources() -> list[Path]:
 
 def local_names() -> set[str]:
     """Top-level names that resolve inside the repository (packages, app.py, sibling scripts of tests and bench)."""
-    names = {"demo", "model", "export", "app"}
+    names = {"base", "demo", "model", "export", "app"}
     for folder in ("tests", "bench"):
         names |= {p.stem for p in (REPO / folder).glob("*.py")}
     return names
@@ -162,7 +162,7 @@ def test_an_unpinned_import_is_caught(tmp_path):
 def local_closure(start: list[Path]) -> dict[Path, list[str]]:
     """Repository files reachable from ``start`` through imports, with the third-party modules each imports."""
     todo, seen, third_party = list(start), set(), {}
-    stdlib, local = sys.stdlib_module_names, {"demo", "model", "export", "app"}
+    stdlib, local = sys.stdlib_module_names, {"base", "demo", "model", "export", "app"}
     while todo:
         path = todo.pop()
         if path in seen:
@@ -184,12 +184,14 @@ def local_closure(start: list[Path]) -> dict[Path, list[str]]:
 
 
 def app_closure() -> dict[Path, list[str]]:
-    return local_closure([REPO / "app.py", *sorted((REPO / "demo").rglob("*.py"))])
+    return local_closure([REPO / "app.py", *sorted((REPO / "demo").rglob("*.py")),
+                          *sorted((REPO / "base").rglob("*.py"))])
 
 
-def test_the_app_and_demo_never_import_torch_even_through_model():
+def test_the_app_demo_and_base_never_import_torch():
     reached = app_closure()
-    assert REPO / "model" / "spec.py" in reached  # the closure really follows imports into model/
+    assert REPO / "base" / "spec.py" in reached  # the closure really follows imports into base/
+    assert not [p for p in reached if p.is_relative_to(REPO / "model") or p.is_relative_to(REPO / "export")]
     bad = [f"{p.relative_to(REPO)} imports {m}" for p, mods in reached.items() for m in mods
            if m.split(".")[0] in TORCH_ONLY]
     assert bad == []

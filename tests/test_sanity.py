@@ -25,12 +25,12 @@ import pytest
 from conftest import ROOT, TINY_SIZE, make_image
 from onnx import TensorProto, helper, numpy_helper
 
+from base import spec
+from base.spec import CONV_LAYERS, RULES
 from demo.analyses.sanity import cli, measure, randomize, view
-from demo.deconv_numpy import Deconvnet
-from demo.head_numpy import Head
+from demo.backward.deconvnet import Deconvnet
+from demo.backward.head import Head
 from demo.preprocess import preprocess
-from model import spec
-from model.spec import CONV_LAYERS, RULES
 
 
 @pytest.fixture(scope="module")

@@ -25,10 +25,11 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from tqdm import tqdm
 
+from base import spec
+from base.images import IMAGE_EXTENSIONS
+from base.labels import Sample, find_samples
 from demo.onnx_forward import OnnxModel, session_options
 from demo.preprocess import preprocess
-from model import spec
-from model.data import IMAGE_EXTENSIONS, Sample, find_samples
 
 
 def read_samples(data: str | Path) -> list[Sample]:
@@ -63,7 +64,7 @@ class Loader:
     def __call__(self, index: int) -> np.ndarray | None:
         try:
             return preprocess(self.samples[index].path, self.size, self.mean, self.std, self.resize)[0]
-        except ValueError as err:  # model.images.ImageError: one line naming the file and the reason
+        except ValueError as err:  # base.images.ImageError: one line naming the file and the reason
             tqdm.write(f"skipped {err}", file=sys.stderr)
             return None
 

@@ -1,8 +1,8 @@
 """The app's one model session and deconvnet, with a small cache of forward passes and projections.
 
-``Pipeline`` holds the onnxruntime session and the deconvnet of the process (the NumPy one, ``demo.deconv_numpy``,
-when the session runs on the CPU; the ONNX descent graphs of ``demo.backward_onnx`` on the session's own provider
-when it runs on CUDA; ``PipelineConfig.backward`` forces either) and is safe to call from several
+``Pipeline`` holds the onnxruntime session and the deconvnet of the process (the NumPy one, ``demo.backward.Deconvnet``,
+when the session runs on the CPU; the ONNX descent graphs of ``demo.backward.onnx_graph`` on the session's own
+provider when it runs on CUDA; ``PipelineConfig.backward`` forces either) and is safe to call from several
 threads at once (onnxruntime sessions are, the deconvnet keeps no state between calls and the cache is locked).
 Forward passes and projections are cached per uploaded file (keyed by the SHA-1 of its bytes and the resize mode),
 so changing the normalisation, the layer or the channel re-renders without recomputing. The views (``views``,
@@ -19,14 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from demo.app.inputs import UPLOAD_LIMITS, InputError, Source, check_resize, decode, digest_of, read_source
+from base import images
+from demo.app.inputs import UPLOAD_LIMITS, InputError, Source, check, decode, digest_of, read_source
 from demo.app.store import ResultStore
 from demo.app.text import Timings
-from demo.backward_onnx import OnnxDeconvnet
-from demo.deconv_numpy import Deconvnet, Projection
+from demo.backward import Deconvnet, Projection
+from demo.backward.onnx_graph import OnnxDeconvnet
 from demo.onnx_forward import OnnxModel
 from demo.preprocess import deprocess, normalise
-from model import images
 
 
 @dataclass
@@ -48,8 +48,8 @@ BACKWARDS = ("auto", "numpy", "onnx")
 
 
 def make_deconvnet(model: OnnxModel, backward: str = "auto") -> Deconvnet | OnnxDeconvnet:
-    """The deconvnet for ``model``: NumPy's on the CPU, the ONNX descent graphs (``demo.backward_onnx``) when the
-    model's session runs on CUDA; ``backward`` "numpy" or "onnx" forces one."""
+    """The deconvnet for ``model``: NumPy's on the CPU, the ONNX descent graphs (``demo.backward.onnx_graph``)
+    when the model's session runs on CUDA; ``backward`` "numpy" or "onnx" forces one."""
     if backward not in BACKWARDS:
         raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
     if backward == "onnx" or (backward == "auto" and model.device == "cuda"):
@@ -129,7 +129,7 @@ class Pipeline:
 
     def forward(self, source: Source, resize: str = "crop") -> tuple[Forward, bool]:
         """Decode ``source``, preprocess and run the network; returns the ``Forward`` and whether it was cached."""
-        check_resize(resize)
+        check("resize mode", resize)
         start = time.perf_counter()
         data = read_source(source, self.config.limits)
         digest = digest_of(data)

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import gradio as gr
 
+from base.spec import CONV_LAYERS
 from demo.analyses.atlas.read import Atlas
 from demo.app import paper
-from demo.app.tabs import MODEL, PRIVATE, SMALL, Page, need_image, track, user_errors
+from demo.app.page import MODEL, PRIVATE, SMALL, Page, need_image, track, user_errors
 from demo.app.text import ATLAS_HELP, HEALTH_HELP, INVARIANCE_HELP, OCCLUSION_HELP, SANITY_HELP
-from model.spec import CONV_LAYERS
 
 
 def occlusion_tab(page: Page) -> None:

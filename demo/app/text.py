@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from model.spec import receptive_field, stride_of
+from base.spec import receptive_field, stride_of
 
 
 @dataclass

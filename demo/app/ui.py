@@ -9,16 +9,16 @@ trace. No maths here: handlers call ``demo.app.views`` and ``demo.app.paper``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 
+from base.cli import REPO_ROOT
 from demo.app import paper, tabs, tabs_paper
 from demo.app.inputs import UPLOAD_LIMITS
+from demo.app.page import PRIVATE, Inputs, Page
 from demo.app.pipeline import Pipeline
 from demo.app.text import HOW_TO_READ, INTRO, describe, model_card_markdown
-from demo.cli import REPO_ROOT
 
 EXAMPLES_DIR = REPO_ROOT / "examples"
 EXAMPLES = ("chelsea.png", "astronaut.png", "coffee.png")  # one cat and two pictures off the network's domain
@@ -50,19 +50,6 @@ def examples_attribution(folder: Path = EXAMPLES_DIR) -> str:
     paragraphs = readme.read_text(encoding="utf-8").split("\n\n")
     keep = [p for p in paragraphs if p.strip() and not p.lstrip().startswith("#") and "committed" not in p]
     return "\n\n".join(keep)
-
-
-@dataclass
-class Inputs:
-    """The components of the input column that every tab reads or writes."""
-
-    image: gr.Image
-    run: gr.Button
-    resize: gr.Radio
-    prediction: gr.Label
-    tta: gr.Checkbox  # the prediction averaged with the mirror image's (flip test-time augmentation)
-    network_input: gr.Image
-    compare_prediction: gr.Label | None  # the compared model's top 5
 
 
 def _input_column(pipeline: Pipeline, examples_dir: Path, compare: Pipeline | None) -> Inputs:
@@ -116,7 +103,7 @@ def build_demo(pipeline: Pipeline, concurrency: int = 1, queue_size: int = 64,
                                     elem_id="norm")
                     rule = gr.Radio(RULE_CHOICES, value="deconvnet", label="Backward rule at each ReLU",
                                     elem_id="rule")
-                page = tabs.Page(pipeline, inputs.image, norm, inputs.resize, gr.State("layers"), rule, compare)
+                page = Page(pipeline, inputs.image, norm, inputs.resize, gr.State("layers"), rule, compare)
                 with gr.Tabs(elem_id="tabs"):
                     layers = tabs.layers_tab(page, inputs)
                     explorer = tabs.explorer_tab(page)
@@ -136,7 +123,7 @@ def build_demo(pipeline: Pipeline, concurrency: int = 1, queue_size: int = 64,
             gr.Markdown(examples_attribution(examples_dir), elem_id="attribution")
         tabs.wire_inputs(page, inputs, layers, explorer)
         if found_atlas is not None:
-            demo.load(*show_atlas, concurrency_id="model", **tabs.PRIVATE)
+            demo.load(*show_atlas, concurrency_id="model", **PRIVATE)
     demo.queue(max_size=queue_size, default_concurrency_limit=concurrency)
     return demo
 

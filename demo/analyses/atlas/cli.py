@@ -20,46 +20,20 @@ import json
 import shutil
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 
-from demo.analyses.atlas import DEFAULT_LAYERS, STATE_FILE, TILES_DIR
+from base import spec
+from base.cli import add_debug_option, add_model_options, parse_layers, run_cli
+from base.spec import RULES
+from demo.analyses.atlas import DEFAULT_LAYERS, STATE_FILE, TILES_DIR, site
+from demo.analyses.atlas.config import MineConfig
 from demo.analyses.atlas.mine import TopK, fingerprint, stream, write_index
 from demo.analyses.atlas.read import Atlas
 from demo.analyses.atlas.render import render, render_selection
 from demo.analyses.atlas.site import build_site, draw_command
 from demo.analyses.dataset import ChannelMaxima, Loader, model_sha1, read_samples
-from demo.cli import add_model_options, parse_layers, run_cli
 from demo.onnx_forward import OnnxModel
-from model import spec
-from model.spec import RULES
-
-
-@dataclass
-class MineConfig:
-    """One mining run; every field is a command-line option of the same name."""
-
-    data: str  # label file, folder with train_list.txt, ImageFolder tree or a folder of images
-    out: str  # the atlas directory
-    model: str | None = None  # .onnx file; default models/vgg16_cat12.onnx
-    layers: str = DEFAULT_LAYERS  # comma-separated conv layers, or "all"
-    k: int = 9  # entries per channel
-    batch_size: int = 16  # images per onnxruntime call
-    size: int | None = None  # input side in pixels; default the model's
-    resize: str = "crop"  # crop (short side, centre square) or stretch
-    norm: str = "minmax"  # how projections become pixels
-    rule: str = "deconvnet"  # the backward rule of the projections: deconvnet, guided, gradient
-    tile: int = 128  # largest tile side in pixels (0: the receptive field's full size)
-    patches_only: bool = False  # skip the deconvnet projections
-    render: str = "16"  # which pictures to draw: "all", "none", or N (the N strongest channels per layer)
-    limit: int | None = None  # only the first N images of the data
-    device: str = "auto"  # auto (CUDA if present), cuda, cpu
-    tf32: bool = False  # on CUDA, allow TF32 (faster, not exact)
-    workers: int = 2  # image-decoding threads
-    save_every: int = 20  # batches between saved states
-    resume: bool = False  # continue an interrupted run in --out
-    overwrite: bool = False  # discard what --out holds and start again
-    html: bool = False  # also write the static site (index.html, a page per layer and channel) into --out
 
 
 def parse_args(argv: list[str] | None = None) -> MineConfig:
@@ -194,5 +168,18 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(mine, config)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+
+def site_main(argv: list[str] | None = None) -> int:
+    """``python -m demo.atlas_site ATLAS_DIR``: (re)write the static site of an atlas (no model, no data needed)."""
+    p = argparse.ArgumentParser(prog="python -m demo.atlas_site", description=site.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("atlas", metavar="ATLAS_DIR", help="an atlas made by python -m demo.mine")
+    add_debug_option(p)
+    args = p.parse_args(argv)
+
+    def write(atlas_dir: str) -> Path:
+        index = build_site(atlas_dir)
+        print(f"wrote the site of {atlas_dir}: open {index} in a browser")
+        return index
+
+    return run_cli(write, args.atlas)

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from base import spec
+from base.cli import atomic_write
+from base.labels import Sample
 from demo.analyses.atlas import ATLAS_VERSION, BLOCK_GAP, STATE_FILE, TILE_GAP, save_npz, tile_side
 from demo.analyses.dataset import ChannelMaxima, batches, file_sha1
-from demo.cli import atomic_write
 from demo.display import OUTSIDE
-from model import spec
-from model.data import Sample
 
 
 @dataclass(frozen=True)

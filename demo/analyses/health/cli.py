@@ -5,32 +5,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import fields
 
+from base import spec
+from base.cli import add_model_options, run_cli
 from demo.analyses import health as package
 from demo.analyses.dataset import read_samples
+from demo.analyses.health.config import HealthConfig
 from demo.analyses.health.files import FILES, save
 from demo.analyses.health.measure import RARE_FRACTION, HealthStats, measure
 from demo.analyses.health.summary import describe
-from demo.cli import add_model_options, run_cli
 from demo.onnx_forward import OnnxModel
-from model import spec
-
-
-@dataclass
-class HealthConfig:
-    """One health run; every field is a command-line option of the same name."""
-
-    data: str  # label file, folder with train_list.txt, ImageFolder tree or a folder of images
-    out: str  # output folder (created)
-    model: str | None = None  # .onnx file; default models/vgg16_cat12.onnx
-    limit: int | None = None  # only the first N images of the data
-    rare: float = RARE_FRACTION  # share of images below which a firing channel counts as rare
-    batch_size: int = 16  # images per onnxruntime call
-    workers: int = 2  # image-decoding threads
-    resize: str = "crop"  # crop (short side, centre square) or stretch
-    device: str = "auto"  # auto (CUDA if present), cuda, cpu
-    tf32: bool = False  # on CUDA, allow TF32 (faster, not exact)
 
 
 def parse_args(argv: list[str] | None = None) -> HealthConfig:

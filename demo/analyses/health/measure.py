@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
+from base import spec
+from base.labels import Sample
 from demo.analyses.dataset import ChannelMaxima, Loader, batches, model_sha1
 from demo.onnx_forward import OnnxModel
-from model import spec
-from model.data import Sample
 
 RARE_FRACTION = 0.01  # a channel firing on fewer than this share of the images is "rare"
 CSV_COLUMNS = ("layer", "channels", "dead", "dead_share", "rare", "rare_share", "firing_min", "firing_p50",

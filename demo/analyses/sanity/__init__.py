@@ -7,7 +7,7 @@
 Adebayo, Gilmer, Muelly, Goodfellow, Hardt & Kim, *Sanity Checks for Saliency Maps*, NeurIPS 2018
 (arXiv 1810.03292): a map that explains what a network learned must change when the learned weights are replaced
 by random ones, and a class's map must depend on the class. Computed here on the ONNX model, without torch, for
-each backward rule (``model.spec.RULES``: deconvnet, guided, gradient) and one target.
+each backward rule (``base.spec.RULES``: deconvnet, guided, gradient) and one target.
 
 **Model randomization.** A layer is re-drawn from the distribution training initialises it with
 (``model.vgg.VGG._init_weights``): a conv weight (C_out, C_in, 3, 3) ~ N(0, 2 / (9 C_out)) (Kaiming normal, mode
@@ -30,7 +30,7 @@ step is checked layer by layer (``randomize.check_randomized``): every randomize
 NumPy at a few positions from the step's own input to it, must be nearer the drawn weights' than the trained
 weights', and must differ from the trained pass's (the head: its probabilities); otherwise the run stops with
 RuntimeError. Step 0 runs in a session built the same way, so that the layers a step leaves trained compute bit for
-bit what they compute at step 0. The NumPy deconvnet (``demo.deconv_numpy.Deconvnet``) projects with the same
+bit what they compute at step 0. The NumPy deconvnet (``demo.backward.deconvnet.Deconvnet``) projects with the same
 randomized conv weights, and class targets go through the same randomized head.
 
 **Targets** (``--target``):

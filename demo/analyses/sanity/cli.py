@@ -7,22 +7,23 @@ import argparse
 import csv
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from base.cli import add_model_options, run_cli
+from base.display import NORMS
+from base.spec import RULES
 from demo.analyses import sanity as package
 from demo.analyses.figures import class_name
+from demo.analyses.sanity.config import SanityConfig
 from demo.analyses.sanity.figure import curves, filmstrip, stack
 from demo.analyses.sanity.measure import METRICS, MODES, SanityResult, parse_rules, parse_target, sanity_checks
 from demo.analyses.sanity.view import describe
-from demo.cli import add_model_options, run_cli
-from demo.display import NORMS
 from demo.onnx_forward import OnnxModel
 from demo.preprocess import deprocess, load_image, preprocess
-from model.spec import RULES
 
 CSV_COLUMNS = ("mode", "step", "randomized", "rule", *METRICS)
 CLASS_COLUMNS = ("rule", "class", "name", *METRICS)
@@ -45,24 +46,6 @@ def write_csvs(result: SanityResult, out: Path, class_names: Sequence[str] | Non
             for rule in result.rules:
                 for k, row in enumerate(result.classes.scores[rule]):
                     writer.writerow([rule, k, class_name(class_names, k), *(f"{v:.6f}" for v in row)])
-
-
-@dataclass
-class SanityConfig:
-    """One run of the checks; every field is a command-line option of the same name."""
-
-    image: str  # the image file
-    out: str  # output folder (created)
-    model: str | None = None  # .onnx file; default models/vgg16_cat12.onnx
-    target: str = "conv5_3"  # conv5_3 | LAYER/CHANNEL | class | class/CLASS
-    rules: str = ",".join(RULES)  # comma-separated backward rules
-    mode: str = "cascading"  # cascading | independent | both
-    seed: int = 0  # seed of the random weights
-    classes: bool = True  # also the class-sensitivity check
-    norm: str = "minmax"  # display normalisation of the filmstrip's tiles
-    resize: str = "crop"  # crop (short side, centre square) or stretch
-    device: str = "auto"  # auto (CUDA if present), cuda, cpu
-    tf32: bool = False  # on CUDA, allow TF32 (faster, not exact)
 
 
 def parse_args(argv: list[str] | None = None) -> SanityConfig:

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from base.display import reconstruction_image
+from base.spec import RULES
 from demo.analyses.figures import class_name, figure_to_array, new_figure
 from demo.analyses.sanity.measure import METRICS, SanityResult, Step
 from demo.analyses.sanity.randomize import ORDER
-from demo.display import reconstruction_image
-from model.spec import RULES
 
 
 def _column_title(step: Step) -> str:
@@ -23,7 +23,7 @@ def _column_title(step: Step) -> str:
 def filmstrip(result: SanityResult, mode: str = "cascading", norm: str = "minmax", picture: np.ndarray | None = None,
               class_names: Sequence[str] | None = None) -> np.ndarray:
     """The maps of ``mode``'s steps -> (h, w, 3) uint8 RGB: rows the rules, columns the steps (each tile normalised
-    on its own by ``demo.display.reconstruction_image``, captioned with its spearman_abs); ``picture`` (H, W, 3)
+    on its own by ``base.display.reconstruction_image``, captioned with its spearman_abs); ``picture`` (H, W, 3)
     uint8, the input as the network saw it, opens the first row."""
     steps = result.steps(mode)
     if not steps:

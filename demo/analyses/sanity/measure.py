@@ -13,13 +13,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
+from base.cli import parse_class
+from base.spec import CONV_LAYERS, HEAD_RELUS, RULES, SIZE_MULTIPLE, conv_channels, layer_rules
 from demo.analyses.figures import class_name
 from demo.analyses.sanity.randomize import HEAD, ORDER, Forward, Randomizer, check_randomized, run_session
-from demo.cli import parse_class
-from demo.deconv_numpy import Deconvnet
-from demo.head_numpy import Head, head_backward, head_forward
+from demo.backward import Deconvnet, Head, head_backward, head_forward
 from demo.onnx_forward import OnnxModel
-from model.spec import CONV_LAYERS, HEAD_RELUS, RULES, SIZE_MULTIPLE, conv_channels, layer_rules
 
 MODES = ("cascading", "independent", "both")
 METRICS = ("spearman_abs", "spearman", "ssim")
@@ -201,7 +200,7 @@ class SanityResult:
 
 def parse_rules(rules: str | Sequence[str]) -> tuple[str, ...]:
     """Backward rule names, comma-separated or a sequence -> a tuple without repeats, in order; ValueError on a name
-    not in ``model.spec.RULES`` or none at all."""
+    not in ``base.spec.RULES`` or none at all."""
     names = [r.strip() for r in (rules.split(",") if isinstance(rules, str) else rules) if r.strip()]
     bad = [r for r in names if r not in RULES]
     if bad or not names:

@@ -21,11 +21,9 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from demo.deconv_kernels import DeconvWeight, prepare_weight
-from demo.deconv_numpy import Deconvnet
-from demo.head_numpy import Head, head_forward, max_pool_2x2
+from base.spec import CONV_LAYERS, INPUT_NAME, OUTPUT_NAMES, PROBS_NAME, pool_below
+from demo.backward import Deconvnet, DeconvWeight, Head, head_forward, max_pool_2x2, prepare_weight
 from demo.onnx_forward import OnnxModel
-from model.spec import CONV_LAYERS, INPUT_NAME, OUTPUT_NAMES, PROBS_NAME, pool_below
 
 HEAD = "head"  # the class head's Linear layers, randomized together
 ORDER: tuple[str, ...] = (HEAD, *reversed(CONV_LAYERS))  # cascading order, top down: head, conv5_3, ..., conv1_1
@@ -341,7 +339,7 @@ def _deconvnet(weights: Mapping[str, np.ndarray], layouts: Mapping[str, DeconvWe
     """``Deconvnet(weights)`` with the transposed-convolution layouts ``layouts`` prepared beforehand (each layer's
     once per state, trained or random, instead of all 13 per step); tests check it against the constructor."""
     # The only place that reaches into Deconvnet's private state (``_wmats``, ``_model``, as its __init__ sets
-    # them): replace this body by a public constructor taking prepared layouts once demo.deconv_numpy offers one.
+    # them): replace this body by a public constructor taking prepared layouts once demo.backward.deconvnet offers one.
     net = Deconvnet.__new__(Deconvnet)
     net.weights = {name: weights[name] for name in CONV_LAYERS}
     net._wmats = {name: layouts[name] for name in CONV_LAYERS}

@@ -8,13 +8,13 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from base.spec import RULES
 from demo.analyses.figures import class_name
 from demo.analyses.sanity.figure import curves, filmstrip, target_text
 from demo.analyses.sanity.measure import SanityResult, sanity_checks
 from demo.analyses.sanity.randomize import ORDER
 from demo.onnx_forward import OnnxModel
 from demo.preprocess import deprocess
-from model.spec import RULES
 
 
 def _fmt(x: float) -> str:

@@ -1,19 +1,19 @@
 """The deconvnet's descent as an ONNX graph, run by onnxruntime on the forward model's own execution provider.
 
-The NumPy stage (``demo.deconv_numpy``) is the CPU path and the reference; this module is the same descent for a
+The NumPy stage (``demo.backward.deconvnet``) is the CPU path and the reference; this module is the same descent for a
 session that runs on the GPU, where NumPy would cost 100x the forward pass. No torch: the graphs are written with
 ``onnx.helper`` at load time from the forward model's weights (``OnnxModel.weights``: the 13 conv weights, batch
 norm folded), so any exported model gets them. From conv ``layer`` down to the image, for that layer and each
-conv below it, as ``demo.deconv_numpy`` describes:
+conv below it, as ``demo.backward.deconvnet`` describes:
 
-1. the backward rule at the layer's ReLU (``model.spec.RULES``), one Where node for all three: with s the
+1. the backward rule at the layer's ReLU (``base.spec.RULES``), one Where node for all three: with s the
    signal from above and a the post-ReLU forward activation (an input of the graph),
    s where (s > 0 or pass_s) and (a > 0 or pass_a); "deconvnet" = (pass_s, pass_a) (False, True), "guided"
    (False, False), "gradient" (True, False). The two flags are boolean scalar inputs per layer, so one graph
    serves every rule and every rule per layer; with "deconvnet" the activation fed is a (1, 1, 1, 1) zero;
 2. ConvTranspose with the layer's forward weight (C_out, C_in, 3, 3), padding 1, no bias;
 3. where a 2x2 max-pool feeds the layer, unpooling: ScatterElements of the values into a zero plane of twice the
-   side, at the switches (``model.spec.SWITCH_CONVENTION``: per-plane flat index row * W_in + col), along the
+   side, at the switches (``base.spec.SWITCH_CONVENTION``: per-plane flat index row * W_in + col), along the
    flattened plane axis.
 
 One graph per starting layer (built on first use, 13 at most; each holds the weights at and below its layer), one
@@ -21,7 +21,7 @@ session each, with the forward model's providers, provider options and threads (
 Rows are whole images (no receptive-field crop as in NumPy): row b of a batch reads image ``image_of[b]``'s
 switches and activations, gathered on the host before the run.
 
-Class projections start from a class's logit: the head's backward pass (``demo.head_numpy``, a few small matrix
+Class projections start from a class's logit: the head's backward pass (``demo.backward.head``, a few small matrix
 products) runs in NumPy and gives the signal at conv5_3's output, which descends from conv5_3 in the graph.
 """
 
@@ -34,9 +34,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from demo.deconv_numpy import MODES, Projection, strongest, top_channels
-from demo.head_numpy import Head, head_backward, head_forward
-from model.spec import CONV_LAYERS, HEAD_RELUS, Rule, layer_rules, pool_below
+from base.spec import CONV_LAYERS, HEAD_RELUS, Rule, layer_rules, pool_below
+from demo.backward.deconvnet import MODES, Projection, strongest, top_channels
+from demo.backward.head import Head, head_backward, head_forward
 
 OPSET = 17
 SIGNAL = "signal"  # (B, C, h, w) float32 at the output of the starting layer, before its ReLU
@@ -140,14 +140,15 @@ def descent_graph(weights: Mapping[str, np.ndarray], layer: str) -> onnx.ModelPr
     nodes.append(helper.make_node("Identity", [x], [PIXELS]))
     output = helper.make_tensor_value_info(PIXELS, f32, ["B", 3, "H", "W"])
     graph = helper.make_graph(nodes, f"descent_{layer}", inputs, [output], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="backward_onnx")
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="demo.backward.onnx_graph")
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
 
 
 class OnnxDeconvnet:
-    """The deconvnet's projections in onnxruntime, with the same calls as ``demo.deconv_numpy.Deconvnet``
+    """The deconvnet's projections in onnxruntime, with the same calls as ``demo.backward.Deconvnet``
     (``project_down``, ``project`` in the modes "layer", "channel", "topk", ``project_class``).
 
     Args:
