@@ -205,7 +205,7 @@ def test_requirements_txt_alone_covers_the_app():
 
 @pytest.mark.parametrize("entry", ["app", "demo.visualize", "demo.predict", "demo.mine", "demo.occlusion",
                                    "demo.invariance", "demo.sanity", "demo.health", "demo.correspondence",
-                                   "demo.atlas_site"])
+                                   "demo.atlas_site", "demo.faithfulness"])
 def test_entry_points_import_and_run_help_with_torch_blocked(entry):
     """Each command of the app side imports and answers --help in a process where ``import torch`` fails."""
     code = ("import sys, runpy\n"

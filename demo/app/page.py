@@ -1,8 +1,8 @@
 """What every tab of the page shares: the input column's components (``Inputs``), the page's options (``Page``),
 and the helpers that wire a handler (errors shown to the user, the open tab, the shared model queue).
 
-The tabs (``demo.app.tabs``, ``demo.app.tabs_paper``) and the page (``demo.app.ui``) import this module; it
-imports no tab.
+The tabs (``demo.app.tabs``, ``demo.app.tabs_paper``, ``demo.app.tabs_evidence``) and the page
+(``demo.app.ui``) import this module; it imports no tab.
 """
 
 from __future__ import annotations

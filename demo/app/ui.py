@@ -14,7 +14,7 @@ from pathlib import Path
 import gradio as gr
 
 from base.cli import REPO_ROOT
-from demo.app import paper, tabs, tabs_paper
+from demo.app import paper, tabs, tabs_evidence, tabs_paper
 from demo.app.inputs import UPLOAD_LIMITS
 from demo.app.page import PRIVATE, Inputs, Page
 from demo.app.pipeline import Pipeline
@@ -85,7 +85,8 @@ def build_demo(pipeline: Pipeline, concurrency: int = 1, queue_size: int = 64,
     API endpoints (gradio_client): ``/analyse`` (image, norm, resize) -> top-5 label, 13 captioned layer images,
     the network's input, the .npz, the timings; ``/explore`` (image, layer, k, norm, resize); ``/channel``
     (image, layer, channel, norm, resize); ``/occlusion`` (image, size, stride, resize) -> figure, summary;
-    ``/invariance`` (image, resize) -> figure; with an atlas, ``/atlas`` (layer, channel) -> picture, caption.
+    ``/invariance`` (image, resize) -> figure; ``/evidence`` (image, breed, method, resize) -> figure, summary;
+    with an atlas, ``/atlas`` (layer, channel) -> picture, caption.
     """
     found_atlas = paper.atlas(atlas_dir) if atlas_dir is not None else None  # FileNotFoundError: not an atlas
     with gr.Blocks(title="Deconvnet: what VGG16 sees in a cat", fill_width=True, delete_cache=(1800, 3600)) as demo:
@@ -115,6 +116,7 @@ def build_demo(pipeline: Pipeline, concurrency: int = 1, queue_size: int = 64,
                         show_atlas = tabs_paper.atlas_tab(page, atlas_dir, found_atlas)
                     tabs_paper.health_tab(page, health_dir)
                     tabs_paper.sanity_tab(page)
+                    tabs_evidence.evidence_tab(page)
         with gr.Accordion("How to read these pictures", open=False):
             gr.Markdown(HOW_TO_READ)
         with gr.Accordion("Model card", open=False):

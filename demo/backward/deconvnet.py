@@ -48,13 +48,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from base.spec import CONV_LAYERS, HEAD_RELUS, RULES, Rule, layer_rules
-from demo.backward.descent import BATCH_BYTES, _net, _project_batch, _project_points
+from base.spec import CONV_LAYERS, HEAD_RELUS, RULES, Rule, layer_rules, steps_down
+from demo.backward.descent import BATCH_BYTES, _check_geometry, _net, _project_batch, _project_points
 from demo.backward.head import Head, head_backward, head_forward
-from demo.backward.kernels import DeconvWeight, _unpool_rows, deconv, prepare_weight, relu_backward, unpool
+from demo.backward.kernels import (
+    DeconvWeight,
+    Place,
+    _deconv_rows,
+    _unpool_rows,
+    deconv,
+    prepare_weight,
+    relu_backward,
+    unpool,
+)
 
 __all__ = [
-    "BATCH_BYTES", "MODES", "RULES", "DeconvWeight", "Deconvnet", "Projection", "_unpool_rows", "deconv",
+    "BATCH_BYTES", "MODES", "RULES", "DeconvWeight", "Deconvnet", "Projection", "_unpool_rows", "deconv", "descend_to",
     "prepare_weight", "project_down", "relu_backward", "strongest", "top_channels", "unpool",
 ]  # fmt: skip
 
@@ -72,18 +81,57 @@ class Projection:
 
 def project_down(signal: np.ndarray, layer: str, weights: Mapping[str, np.ndarray],
                  switches: Mapping[str, np.ndarray], image_of: np.ndarray | None = None, rule: Rule = "deconvnet",
-                 activations: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+                 activations: Mapping[str, np.ndarray] | None = None, to_layer: str | None = None) -> np.ndarray:
     """Project ``signal`` (B, C, h, w), placed at the output of conv ``layer``, down to pixels (B, 3, H, W).
 
     ``weights`` maps conv names to (C_out, C_in, 3, 3); ``switches`` maps pool names to (N, C, h', w') int64, the
     switches of row b being those of image ``image_of[b]`` (default: N = B and row b's own). ``rule``: the backward
     rule at each ReLU (``base.spec.layer_rules``); the rules other than "deconvnet" need ``activations``, conv
     name -> (N, C, h', w') post-ReLU forward activation, for the layers they apply to (row b reads image
-    ``image_of[b]``'s).
+    ``image_of[b]``'s). ``to_layer``: stop at the output of that conv (at or below ``layer``), before its ReLU's
+    rule, and return the signal there (B, C', h', w') (``descend_to``).
     """
-    wmats = {name: prepare_weight(weights[name]) for name in CONV_LAYERS[: CONV_LAYERS.index(layer) + 1]}
     image_of = np.arange(signal.shape[0]) if image_of is None else np.asarray(image_of, dtype=np.int64)
+    if to_layer is not None:
+        return descend_to(signal, layer, to_layer, weights, switches, image_of, rule, activations)
+    wmats = {name: prepare_weight(weights[name]) for name in CONV_LAYERS[: CONV_LAYERS.index(layer) + 1]}
     return _project_batch(signal, layer, _net(wmats, switches, layer, rule, activations), image_of)
+
+
+def descend_to(signal: np.ndarray, layer: str, to_layer: str, weights: Mapping[str, np.ndarray | DeconvWeight],
+               switches: Mapping[str, np.ndarray], image_of: np.ndarray, rule: Rule = "gradient",
+               activations: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+    """Take ``signal`` (B, C, h, w) at the output of conv ``layer`` down to the output of conv ``to_layer``.
+
+    The same steps as the descent to pixels (rule at each ReLU, transposed convolution, unpooling), on whole
+    maps, for the convs above ``to_layer``; returns (B, C', h', w') float32, the signal arriving at ``to_layer``'s
+    post-ReLU output (its own ReLU not applied). With rule "gradient" and a class logit's signal that is
+    d logit / d a_to_layer, what Grad-CAM weighs the maps with. ``weights``: raw (C_out, C_in, 3, 3) or prepared.
+    """
+    for name in (layer, to_layer):
+        if name not in CONV_LAYERS:
+            raise ValueError(f"unknown layer {name!r}; expected one of {', '.join(CONV_LAYERS)}")
+    if CONV_LAYERS.index(to_layer) > CONV_LAYERS.index(layer):
+        raise ValueError(f"cannot descend from {layer} to {to_layer}, which lies above it")
+    steps = steps_down(layer)[: CONV_LAYERS.index(layer) - CONV_LAYERS.index(to_layer)]  # top down, to_layer excluded
+    _check_geometry(steps)
+    rules = layer_rules(rule, [step.name for step in steps])
+    x = np.asarray(signal, dtype=np.float32)
+    for step in steps:
+        name = step.name
+        masked = rules[name] != "deconvnet"
+        if masked and (activations is None or name not in activations):
+            raise ValueError(f"the rule {rules[name]!r} needs the forward activation of {name} (pass activations=)")
+        x = relu_backward(x, np.asarray(activations[name])[image_of] if masked else None, rules[name])
+        w = weights[name]
+        wmat = w if isinstance(w, DeconvWeight) else prepare_weight(np.asarray(w, dtype=np.float32))
+        B, C, h, w_ = x.shape
+        rows = _deconv_rows(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), [Place(0, B, (0, h, 0, w_), (0, 0))],
+                            wmat, rule=None, size=(h, w_))
+        x = np.ascontiguousarray(rows.transpose(0, 3, 1, 2))
+        if step.pool is not None:
+            x = unpool(x, np.asarray(switches[step.pool])[image_of])
+    return x
 
 
 def strongest(activation: np.ndarray, channel: int) -> tuple[np.ndarray, np.ndarray]:
@@ -138,14 +186,16 @@ class Deconvnet:
 
     def project_down(self, signal: np.ndarray, layer: str, switches: Mapping[str, np.ndarray],
                      image_of: np.ndarray | None = None, rule: Rule = "deconvnet",
-                     activations: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+                     activations: Mapping[str, np.ndarray] | None = None, to_layer: str | None = None) -> np.ndarray:
         """Project ``signal`` (B, C, h, w) at the output of conv ``layer`` to pixels (B, 3, H, W), in one pass.
 
         ``switches`` maps pool names to (N, C, h', w'); row b uses image ``image_of[b]``'s (default: its own, N = B).
         Rules other than "deconvnet" need ``activations`` (conv name -> (N, C, h', w'), post-ReLU) of the layers at
-        and below ``layer``, read the same way.
+        and below ``layer``, read the same way. ``to_layer``: stop at that conv's output instead (``descend_to``).
         """
         image_of = np.arange(signal.shape[0]) if image_of is None else np.asarray(image_of, dtype=np.int64)
+        if to_layer is not None:
+            return descend_to(signal, layer, to_layer, self._wmats, switches, image_of, rule, activations)
         return _project_batch(signal, layer, _net(self._wmats, switches, layer, rule, activations), image_of)
 
     def project_points(self, activation: np.ndarray, layer: str, switches: Mapping[str, np.ndarray],
