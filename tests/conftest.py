@@ -183,3 +183,18 @@ def onnx_outputs(model, side: int, seed: int, tensors: bool = False) -> tuple:
 
     return acts, switches, {k: torch.from_numpy(v) for k, v in acts.items()}, \
         {k: torch.from_numpy(v) for k, v in switches.items()}
+
+
+@pytest.fixture(scope="session")
+def ray_runtime():
+    """One local Ray runtime of 2 workers (CPUs) for the whole session, shut down at the end; skips when Ray is
+    not installed (it is an optional extra: requirements-ray.txt)."""
+    ray = pytest.importorskip("ray", reason="Ray is optional: pip install -r requirements-ray.txt")
+    import logging
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}})
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

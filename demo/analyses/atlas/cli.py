@@ -5,12 +5,14 @@
     python -m demo.mine --data ../shared/data/cat12/train_list.txt --out atlas/ --resume     # after Ctrl-C
     python -m demo.mine --data ../shared/data/cat12/train_list.txt --out atlas/ --resume --render all
     python -m demo.mine --data ../shared/data/cat12/train_list.txt --out atlas/ --html     # and a static site
+    python -m demo.mine --data ../shared/data/cat12/train_list.txt --out atlas/ --engine ray --ray-workers 4
 
 By default the pictures of the 16 strongest channels of each layer are drawn (a first atlas in about a minute);
 the others are listed with their values and drawn later (``--resume --render all``) or by the app on demand.
 The atlas's layout and its two passes are described in ``demo/analyses/atlas/__init__.py``. ``--html`` also
 writes a static site beside it (``index.html``; ``demo/analyses/atlas/site.py``), which ``python -m demo.atlas_site
-ATLAS_DIR`` rewrites alone (no model, no data).
+ATLAS_DIR`` rewrites alone (no model, no data). ``--engine ray`` mines on a Ray Data worker pool, here or on a
+cluster (``--address``), with the same result (``demo/analyses/ray_engine.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 from base import spec
 from base.cli import add_debug_option, add_model_options, parse_layers, run_cli
 from base.spec import RULES
+from demo.analyses import ray_engine
 from demo.analyses.atlas import DEFAULT_LAYERS, STATE_FILE, TILES_DIR, site
 from demo.analyses.atlas.config import MineConfig
 from demo.analyses.atlas.mine import TopK, fingerprint, stream, write_index
@@ -71,6 +74,7 @@ def parse_args(argv: list[str] | None = None) -> MineConfig:
     p.add_argument("--html", action="store_true",
                    help="also write a static site into ATLAS_DIR (index.html: a page per layer and per channel, "
                         "opens from the file system); python -m demo.atlas_site ATLAS_DIR rewrites it alone")
+    ray_engine.add_engine_options(p)
     args = p.parse_args(argv)
     try:
         parse_layers(args.layers)
@@ -93,6 +97,7 @@ def run(config: MineConfig, progress: Callable[[int, int], None] | None = None, 
     """
     out = Path(config.out)
     layers = parse_layers(config.layers)
+    ray_settings = ray_engine.settings_of(config)  # None: the local engine
     if out.exists() and any(out.iterdir()) and not (config.resume or config.overwrite):
         raise ValueError(f"{out} is not empty: pass --resume to continue a run there, or --overwrite")
     if config.overwrite and out.exists():
@@ -131,10 +136,15 @@ def run(config: MineConfig, progress: Callable[[int, int], None] | None = None, 
             print(f"resuming at image {state.next} of {len(samples)}")
         else:
             state = TopK.empty({layer: spec.conv_channels(layer) for layer in layers}, config.k)
-        maxima = ChannelMaxima(model, layers)
-        print(f"mining {', '.join(layers)} over {len(samples)} images at {size} px on {model.device}")
-        state = stream(maxima, load, len(samples), state, config.batch_size, config.workers,
-                       lambda s: s.save(state_path, key), config.save_every, progress, bar)
+        if ray_settings is not None:
+            print(f"mining {', '.join(layers)} over {len(samples)} images at {size} px on Ray")
+            state = ray_engine.mine(ray_settings, model, samples, state, layers, size, config.resize,
+                                    config.batch_size, bar)
+        else:
+            maxima = ChannelMaxima(model, layers)
+            print(f"mining {', '.join(layers)} over {len(samples)} images at {size} px on {model.device}")
+            state = stream(maxima, load, len(samples), state, config.batch_size, config.workers,
+                           lambda s: s.save(state_path, key), config.save_every, progress, bar)
         if state.skipped:
             print(f"skipped {len(state.skipped)} unreadable image(s)")
         write_index(out, state, samples, size, {**settings, "class_names": model.class_names,

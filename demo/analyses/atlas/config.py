@@ -33,3 +33,6 @@ class MineConfig:
     resume: bool = False  # continue an interrupted run in --out
     overwrite: bool = False  # discard what --out holds and start again
     html: bool = False  # also write the static site (index.html, a page per layer and channel) into --out
+    engine: str = "local"  # local (this process) or ray (a Ray Data worker pool; see demo.analyses.ray_engine)
+    ray_workers: int | None = None  # with --engine ray: workers (onnxruntime sessions)
+    address: str | None = None  # with --engine ray: a running Ray cluster to join

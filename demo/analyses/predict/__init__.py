@@ -20,13 +20,14 @@ def _batches(paths: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
 
 
 def classify(model: OnnxModel, paths: Sequence[Path], batch_size: int = 16, resize: str = "crop",
-             tta: bool = False) -> tuple[list[Path], np.ndarray, list[str]]:
+             tta: bool = False, bar: bool = True) -> tuple[list[Path], np.ndarray, list[str]]:
     """Probabilities (M, K) of the images that could be read, their paths, and messages for those that could not.
 
     ``tta``: probabilities (M, 2, K) instead: [:, 0] of the image, [:, 1] averaged with its mirror image.
+    ``bar``: a tqdm bar on stderr (from 32 images on).
     """
     done, probs, errors = [], [], []
-    with tqdm(total=len(paths), unit="img", disable=len(paths) < 32, file=sys.stderr) as bar:
+    with tqdm(total=len(paths), unit="img", disable=not bar or len(paths) < 32, file=sys.stderr) as bar:
         for batch in _batches(paths, batch_size):
             tensors = []
             for path in batch:

@@ -4,6 +4,7 @@
     python -m demo.predict a.jpg b.png --model models/vgg16_imagenet.onnx --csv out.csv
     python -m demo.predict --labels ../shared/data/cat12/train_list.txt --csv train.csv   # images of the file
     python -m demo.predict --labels runs/cat12_v2/val_list.txt --tta --csv val.csv   # with flip TTA, both figures
+    python -m demo.predict photos/ --csv predictions.csv --engine ray --ray-workers 4   # the same CSV, on Ray
 
 The CSV has one row per image: ``path,class,breed,probability`` (class index, its name, its probability).
 With ``--labels`` (a cat-12 label file, ``<relative path><TAB><label>`` per line) it also prints
@@ -25,6 +26,7 @@ import numpy as np
 
 from base.cli import UsageError, add_model_options, collect_images, run_cli
 from base.labels import parse_label_file
+from demo.analyses import ray_engine
 from demo.analyses.predict import classify, confusion_matrix, format_confusion, plot_confusion
 from demo.analyses.predict.config import PredictConfig
 from demo.onnx_forward import OnnxModel
@@ -44,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> PredictConfig:
     p.add_argument("--tta", action="store_true",
                    help="horizontal-flip test-time augmentation: average the probabilities of each image and its "
                         "mirror image; with --labels both accuracies are printed")
+    ray_engine.add_engine_options(p)
     args = p.parse_args(argv)
     if not args.inputs and not args.labels:
         p.error("give images or folders, or --labels LABEL_FILE")
@@ -54,13 +57,18 @@ def parse_args(argv: list[str] | None = None) -> PredictConfig:
 
 def run(config: PredictConfig) -> dict:
     """Do the run that ``config`` describes; return {"paths", "probs", "accuracy", "confusion"}."""
+    ray_settings = ray_engine.settings_of(config)  # None: the local engine
     model = OnnxModel(config.model, device=config.device, allow_tf32=config.tf32)
     samples = parse_label_file(config.labels) if config.labels else []
     labelled = {s.path.resolve(): s.label for s in samples}
     paths = collect_images(config.inputs) if config.inputs else [s.path for s in samples]
     if not paths:
         raise UsageError(f"no images found in {', '.join(config.inputs)}")
-    paths, probs, errors = classify(model, paths, config.batch_size, config.resize, config.tta)
+    if ray_settings is not None:
+        paths, probs, errors = ray_engine.classify(ray_settings, model, paths, config.batch_size, config.resize,
+                                                   config.tta)
+    else:
+        paths, probs, errors = classify(model, paths, config.batch_size, config.resize, config.tta)
     plain = probs[:, 0] if config.tta else probs
     probs = probs[:, 1] if config.tta else probs  # what the CSV reports
     for message in errors:

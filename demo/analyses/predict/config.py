@@ -19,3 +19,6 @@ class PredictConfig:
     tf32: bool = False  # on CUDA, allow TF32 (faster, not exact)
     confusion_png: str | None = None  # also draw the confusion matrix here (needs matplotlib)
     tta: bool = False  # also classify the mirror image and average (horizontal-flip test-time augmentation)
+    engine: str = "local"  # local (this process) or ray (a Ray Data worker pool; see demo.analyses.ray_engine)
+    ray_workers: int | None = None  # with --engine ray: workers (onnxruntime sessions)
+    address: str | None = None  # with --engine ray: a running Ray cluster to join
