@@ -154,13 +154,16 @@ def add_debug_option(parser: argparse.ArgumentParser) -> None:
 
 
 def add_model_options(parser: argparse.ArgumentParser, resize: bool = True, norm: bool = False) -> None:
-    """The options every inference command shares: ``--model``, ``--device``, optionally ``--resize`` and
+    """The options every inference command shares: ``--model``, ``--device``, ``--tf32``, optionally ``--resize`` and
     ``--norm``, and ``--debug``. Their values land in the config fields of the same names."""
     parser.add_argument("--model", metavar="FILE.onnx",
                         help=f"exported model (python -m export ...; default: {DEFAULT_MODEL.relative_to(REPO_ROOT)})")
     parser.add_argument("--device", choices=DEVICES, default="auto",
                         help="where onnxruntime runs the network: auto (CUDA if a GPU is usable), cuda, cpu "
                              "(default: %(default)s)")
+    parser.add_argument("--tf32", action="store_true",
+                        help="on CUDA, allow TF32 convolutions: faster, but about 3e-4 from the CPU's activations "
+                             "(default: off, exact float32)")
     if resize:
         from base.images import RESIZE_MODES  # base.images and base.display load NumPy: not at import
 

@@ -8,7 +8,8 @@ class check: 14 randomization steps (the head, then conv5_3 ... conv1_1) after t
 per step that needs one. Printed: the total (target: at most 20 s at the model's input size on an idle 2-core CPU)
 and its split, in seconds:
 
-- forward: opening the onnxruntime sessions with the overridden initializers, and their forward passes;
+- forward: copying the graph with the randomized initializers, opening an onnxruntime session on it, and its
+  forward pass;
 - projection: the NumPy deconvnet's projections (three rules per step);
 - similarity: Spearman (scipy) and SSIM (skimage) of each map against the trained one;
 - weights: drawing the random weights and laying them out for the transposed convolutions.

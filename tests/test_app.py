@@ -607,7 +607,7 @@ def tabs(demo) -> list[str]:
 def test_no_atlas_tab_without_atlas(app):
     _, demo, _ = app
     assert tabs(demo) == ["All layers", "Layer explorer", "Classes", "Rules", "Occlusion", "Invariance",
-                          "Model health", "Sanity checks"]
+                          "Model health", "Sanity checks", "Evidence"]
     assert "atlas" not in {fn.api_name for fn in demo.fns.values()}
 
 
@@ -634,7 +634,7 @@ def test_atlas_tab_shows_the_atlas(tiny_onnx, onnx_model, atlas_dir):
     atlas = read.Atlas(atlas_dir)
     ranked = atlas.ranked_channels("conv1_2").tolist()
     with running_app(tiny_onnx, atlas=str(atlas_dir)) as (url, demo, pipeline):
-        assert tabs(demo)[-3:] == ["Atlas", "Model health", "Sanity checks"]
+        assert tabs(demo)[-4:] == ["Atlas", "Model health", "Sanity checks", "Evidence"]
         dropdowns = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None) in
                      ("atlas-layer", "atlas-channel")}
         assert dropdowns["atlas-layer"].choices == [("conv1_2", "conv1_2")]

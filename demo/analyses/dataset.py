@@ -155,14 +155,16 @@ def reduction_graph(path: str | Path, layers: Sequence[str]) -> onnx.ModelProto:
 class ChannelMaxima:
     """onnxruntime on ``reduction_graph``: images (N, 3, H, W) -> per layer, channel maxima and their positions.
 
-    Uses the same execution providers as ``model`` (CUDA when it runs there).
+    Uses the same execution providers as ``model`` (CUDA when it runs there), with its provider options (TF32).
     """
 
     def __init__(self, model: OnnxModel, layers: Sequence[str], threads: int | None = None) -> None:
         self.layers = list(layers)
         options = session_options(threads)
         proto = reduction_graph(model.path, self.layers)
-        self.session = ort.InferenceSession(proto.SerializeToString(), options, providers=model.providers)
+        provider_options = getattr(model, "provider_options", {})
+        providers = [(p, provider_options.get(p, {})) for p in model.providers]
+        self.session = ort.InferenceSession(proto.SerializeToString(), options, providers=providers)
         self._names = [n for layer in self.layers for n in (f"{layer}_max", f"{layer}_argmax")]
 
     def run(self, image: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -69,12 +69,14 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
 @dataclass(frozen=True)
 class RaySettings:
     """How the Ray engine runs: ``workers`` actors (None: see ``add_engine_options``), the cluster ``address``
-    (None: a local runtime), ``threads`` decoding threads per actor, ``device`` (auto, cuda, cpu)."""
+    (None: a local runtime), ``threads`` decoding threads per actor, ``device`` (auto, cuda, cpu), ``tf32`` (on
+    CUDA, allow TF32)."""
 
     workers: int | None = None
     address: str | None = None
     threads: int = 2
     device: str = "auto"
+    tf32: bool = False
 
 
 def settings_of(config) -> RaySettings | None:
@@ -89,7 +91,8 @@ def settings_of(config) -> RaySettings | None:
         return None
     if workers is not None and workers < 1:
         raise ValueError(f"--ray-workers must be at least 1, got {workers}")
-    return RaySettings(workers, address, max(0, getattr(config, "workers", 2)), config.device)
+    return RaySettings(workers, address, max(0, getattr(config, "workers", 2)), config.device,
+                       bool(getattr(config, "tf32", False)))
 
 
 def import_ray():
@@ -202,7 +205,8 @@ class BlockWorker:
     """
 
     def __init__(self, task: str, model_path: str, device: str, cpus: int, size: int, mean, std, resize: str,
-                 batch_size: int, threads: int, params: dict, fail_once: str | None = None) -> None:
+                 batch_size: int, threads: int, params: dict, fail_once: str | None = None,
+                 tf32: bool = False) -> None:
         from types import SimpleNamespace
 
         from base import spec
@@ -213,11 +217,12 @@ class BlockWorker:
         self.mean, self.std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
         self.params, self.fail_once = params, fail_once
         if task == "predict":
-            self.model = OnnxModel(model_path, device=device, threads=cpus)
+            self.model = OnnxModel(model_path, device=device, threads=cpus, allow_tf32=tf32)
         else:  # only the reduction graph's session: the path and the providers are all ChannelMaxima reads
             layers = params["layers"] if task == "mine" else list(spec.CONV_LAYERS)
             self.layers = layers
-            where = SimpleNamespace(path=Path(model_path), providers=_node_providers(device))
+            where = SimpleNamespace(path=Path(model_path), providers=_node_providers(device),
+                                    provider_options={"CUDAExecutionProvider": {"use_tf32": "1" if tf32 else "0"}})
             self.maxima = ChannelMaxima(where, layers, threads=cpus)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -298,7 +303,8 @@ def run_blocks(task: str, settings: RaySettings, model, paths: Sequence[str], fi
         kwargs = {"task": task, "model_path": str(Path(model.path).resolve()), "device": settings.device,
                   "cpus": cpus, "size": size, "mean": np.asarray(model.mean).tolist(),
                   "std": np.asarray(model.std).tolist(), "resize": resize, "batch_size": batch_size,
-                  "threads": settings.threads, "params": params, "fail_once": os.environ.get(FAIL_ONCE_ENV) or None}
+                  "threads": settings.threads, "params": params, "fail_once": os.environ.get(FAIL_ONCE_ENV) or None,
+                  "tf32": settings.tf32}
         dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
             BlockWorker, fn_constructor_kwargs=kwargs, batch_size=1, batch_format="numpy",
             compute=ActorPoolStrategy(size=workers), num_cpus=cpus, num_gpus=min(1.0, gpus / workers) if gpus else 0,

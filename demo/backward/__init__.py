@@ -9,7 +9,9 @@ The public surface is what this module exports; the rest are private parts:
   ``max_pool_2x2`` in NumPy);
 - ``kernels``: one step down (``prepare_weight``/``DeconvWeight``, ``deconv``, ``unpool``, ``relu_backward``);
 - ``descent`` (the rows' way down through the network's description in ``base.spec``), ``winograd``
-  (F(4x4, 3x3), F(2x2, 3x3)), ``direct`` (im2col, col2im) and ``threads`` (our threads, BLAS on one).
+  (F(4x4, 3x3), F(2x2, 3x3)), ``direct`` (im2col, col2im) and ``threads`` (our threads, BLAS on one);
+- ``onnx_graph``: the same descent as ONNX graphs that onnxruntime runs on the forward model's own provider
+  (``OnnxDeconvnet``, the CUDA path; import it from ``demo.backward.onnx_graph``).
 """
 
 from demo.backward.deconvnet import MODES, Deconvnet, Projection, project_down, strongest, top_channels

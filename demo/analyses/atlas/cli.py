@@ -106,7 +106,7 @@ def run(config: MineConfig, progress: Callable[[int, int], None] | None = None, 
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
-    model = OnnxModel(config.model, device=config.device)
+    model = OnnxModel(config.model, device=config.device, allow_tf32=config.tf32)
     size = config.size or model.input_size
     settings = {"model": str(model.path), "model_sha1": model_sha1(model.path), "data": str(config.data),
                 "k": config.k, "resize": config.resize, "norm": config.norm, "rule": config.rule,

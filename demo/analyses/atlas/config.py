@@ -27,6 +27,7 @@ class MineConfig:
     render: str = "16"  # which pictures to draw: "all", "none", or N (the N strongest channels per layer)
     limit: int | None = None  # only the first N images of the data
     device: str = "auto"  # auto (CUDA if present), cuda, cpu
+    tf32: bool = False  # on CUDA, allow TF32 (faster, not exact)
     workers: int = 2  # image-decoding threads
     save_every: int = 20  # batches between saved states
     resume: bool = False  # continue an interrupted run in --out

@@ -102,7 +102,7 @@ def run(config: CorrespondenceConfig) -> CorrespondenceResult:
     layers = parse_layer_list(config.layers)
     annotations = read_boxes(config.boxes)
     parts = part_order(annotations)
-    model = OnnxModel(config.model, device=config.device)
+    model = OnnxModel(config.model, device=config.device, allow_tf32=config.tf32)
     images, boxes, notes = load_inputs(config, annotations, model)  # images (N, 3, size, size)
     result = correspondence(images, boxes, model_features(model, layers), parts, config.draws, config.seed,
                             config.batch_size, config.tolerance)

@@ -23,3 +23,4 @@ class CorrespondenceConfig:
     tolerance: float = 1e-4  # |eps| up to this times the layer's largest original value counts as 0
     resize: str = "crop"  # crop (short side, centre square) or stretch
     device: str = "auto"  # auto (CUDA if present), cuda, cpu
+    tf32: bool = False  # on CUDA, allow TF32 (faster, not exact)

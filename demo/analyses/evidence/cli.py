@@ -161,7 +161,7 @@ def run(config: FaithfulnessConfig) -> list[dict]:
     if config.target == "label" and all(s.label < 0 for s in samples):
         raise ValueError("--target label needs labelled images: give a cat-12 label file, a folder holding "
                          "train_list.txt or an ImageFolder tree")
-    model = OnnxModel(config.model, device=config.device)
+    model = OnnxModel(config.model, device=config.device, allow_tf32=config.tf32)
     network = Network.from_model(model)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -31,3 +31,4 @@ class FaithfulnessConfig:
     batch_size: int = 16  # images per onnxruntime run
     resize: str = "crop"  # crop (short side, centre square) or stretch
     device: str = "auto"  # auto (CUDA if present), cuda, cpu
+    tf32: bool = False  # on CUDA, allow TF32 (faster, not exact)

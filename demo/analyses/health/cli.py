@@ -51,7 +51,7 @@ def run(config: HealthConfig, bar: bool = True) -> HealthStats:
     samples = read_samples(config.data)
     if config.limit is not None:
         samples = samples[: config.limit]
-    model = OnnxModel(config.model, device=config.device)
+    model = OnnxModel(config.model, device=config.device, allow_tf32=config.tf32)
     print(f"measuring {len(spec.CONV_LAYERS)} conv layers over {len(samples)} images at {model.input_size} px on "
           f"{'Ray' if ray_settings else model.device}", flush=True)
     if ray_settings is not None:

@@ -20,6 +20,7 @@ class HealthConfig:
     workers: int = 2  # image-decoding threads
     resize: str = "crop"  # crop (short side, centre square) or stretch
     device: str = "auto"  # auto (CUDA if present), cuda, cpu
+    tf32: bool = False  # on CUDA, allow TF32 (faster, not exact)
     engine: str = "local"  # local (this process) or ray (a Ray Data worker pool; see demo.analyses.ray_engine)
     ray_workers: int | None = None  # with --engine ray: workers (onnxruntime sessions)
     address: str | None = None  # with --engine ray: a running Ray cluster to join

@@ -66,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> InvarianceConfig:
 
 def run(config: InvarianceConfig) -> InvarianceResult:
     """Do the run that ``config`` describes; return the curves."""
-    model = OnnxModel(config.model, device=config.device)
+    model = OnnxModel(config.model, device=config.device, allow_tf32=config.tf32)
     paths = collect_images(config.inputs)[: config.limit]
     if not paths:
         raise ValueError("no images found")

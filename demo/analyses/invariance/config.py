@@ -24,3 +24,4 @@ class InvarianceConfig:
     batch_size: int = 8  # transformed images per forward pass
     resize: str = "crop"  # crop (short side, centre square) or stretch
     device: str = "auto"  # auto (CUDA if present), cuda, cpu
+    tf32: bool = False  # on CUDA, allow TF32 (faster, not exact)

@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> OcclusionConfig:
 
 def run(config: OcclusionConfig) -> OcclusionResult:
     """Do the run that ``config`` describes; return the maps."""
-    model = OnnxModel(config.model, device=config.device)
+    model = OnnxModel(config.model, device=config.device, allow_tf32=config.tf32)
     target = parse_class(config.label, model.class_names)
     x = preprocess(load_image(config.image), model.input_size, model.mean, model.std, config.resize)
     result = occlusion_maps(model, x, config.size, config.stride, target, config.layer, config.batch_size)

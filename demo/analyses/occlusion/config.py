@@ -19,3 +19,4 @@ class OcclusionConfig:
     batch_size: int = 16  # occluded images per forward pass
     resize: str = "crop"  # crop (short side, centre square) or stretch
     device: str = "auto"  # auto (CUDA if present), cuda, cpu
+    tf32: bool = False  # on CUDA, allow TF32 (faster, not exact)

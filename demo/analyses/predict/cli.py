@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> PredictConfig:
 def run(config: PredictConfig) -> dict:
     """Do the run that ``config`` describes; return {"paths", "probs", "accuracy", "confusion"}."""
     ray_settings = ray_engine.settings_of(config)  # None: the local engine
-    model = OnnxModel(config.model, device=config.device)
+    model = OnnxModel(config.model, device=config.device, allow_tf32=config.tf32)
     samples = parse_label_file(config.labels) if config.labels else []
     labelled = {s.path.resolve(): s.label for s in samples}
     paths = collect_images(config.inputs) if config.inputs else [s.path for s in samples]

@@ -16,6 +16,7 @@ class PredictConfig:
     batch_size: int = 16  # images per onnxruntime call
     resize: str = "crop"  # crop (short side, centre square) or stretch
     device: str = "auto"  # auto (CUDA if present), cuda, cpu
+    tf32: bool = False  # on CUDA, allow TF32 (faster, not exact)
     confusion_png: str | None = None  # also draw the confusion matrix here (needs matplotlib)
     tta: bool = False  # also classify the mirror image and average (horizontal-flip test-time augmentation)
     engine: str = "local"  # local (this process) or ray (a Ray Data worker pool; see demo.analyses.ray_engine)

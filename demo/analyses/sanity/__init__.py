@@ -43,13 +43,17 @@ class head's Linear layers, all of them together. The draws are seeded per layer
   conv5_2, ..., conv1_1), from the top down: 14 steps, the last one with every layer random;
 - independent: step k randomizes only layer k of ``ORDER``, the others trained (step 0: the trained model).
 
-The randomized network runs in onnxruntime: a session on the same .onnx file whose weight and bias initializers
-(found by following the Conv, Gemm and MatMul inputs of the graph through Identity nodes) are overridden with
-``SessionOptions.add_initializer``; no re-export. onnxruntime's ``NchwcTransformer`` is disabled in these sessions:
-it copies the file's own conv weights into re-ordered initializers and so silently ignores the overrides
-(measured with onnxruntime 1.31; a randomized forward pass identical to the trained one raises RuntimeError).
-Step 0 runs in a session of the same settings, so that the layers a step leaves trained compute bit for bit
-what they compute at step 0. The NumPy deconvnet (``demo.backward.deconvnet.Deconvnet``) projects with the same
+The randomized network runs in onnxruntime: a copy of the ModelProto whose weight and bias initializers (found by
+following the Conv, Gemm and MatMul inputs of the graph through Identity nodes) are replaced by the draws,
+serialised and loaded from bytes into a new session with the trained model's providers, provider options and threads
+(``OnnxModel.new_session``); no re-export. The weights are part of the graph, so every execution provider (CUDA
+included) and every graph optimisation computes with them; ``SessionOptions.add_initializer`` overrides, by
+contrast, are ignored by the CUDA provider and by the CPU's ``NchwcTransformer`` (onnxruntime 1.31). Each randomized
+step is checked layer by layer (``randomize.check_randomized``): every randomized conv's activation, recomputed in
+NumPy at a few positions from the step's own input to it, must be nearer the drawn weights' than the trained
+weights', and must differ from the trained pass's (the head: its probabilities); otherwise the run stops with
+RuntimeError. Step 0 runs in a session built the same way, so that the layers a step leaves trained compute bit for
+bit what they compute at step 0. The NumPy deconvnet (``demo.backward.deconvnet.Deconvnet``) projects with the same
 randomized conv weights, and class targets go through the same randomized head.
 
 **Targets** (``--target``):
@@ -108,9 +112,10 @@ with its spearman_abs), ``sanity_filmstrip_independent.png`` (with ``--mode both
 ``sanity.png`` (filmstrip above curves), ``sanity.npz`` (the input and every map, float32 (3, H, W), keyed
 ``MODE/STEP/RULE``).
 
-The package: ``randomize`` (the graph's parameter slots, the seeded draws, the onnxruntime session with overridden
-initializers, the randomized deconvnet), ``measure`` (targets, methods, similarity, the cascading and independent
-runs, the class sensitivity, the comparison with another model, the result), ``verdicts`` (many images and seeds:
+The package: ``randomize`` (the graph's parameter slots, the seeded draws, the onnxruntime session of the graph
+with replaced initializers, the per-layer check, the randomized deconvnet), ``measure`` (targets, methods,
+similarity, the cascading and independent runs, the class sensitivity, the comparison with another model, the
+result), ``verdicts`` (many images and seeds:
 the image list, the run, mean +- sd, the files), ``figure`` (filmstrip, curves, stack), ``view`` (the app's view
 and the Markdown summary), ``cli`` (the command).
 """

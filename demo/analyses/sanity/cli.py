@@ -139,9 +139,10 @@ def run_many(config: SanityConfig) -> Verdicts:
     methods = parse_methods(config.methods)
     if config.limit < 0:
         raise ValueError(f"--limit must be at least 0, got {config.limit}")
-    model = OnnxModel(config.model, device=config.device)
+    model = OnnxModel(config.model, device=config.device, allow_tf32=config.tf32)
     targets = [parse_target(t, model.class_names) for t in config.target.split(",") if t.strip()]
-    other = OnnxModel(config.compare_model, device=config.device) if config.compare_model else None
+    other = (OnnxModel(config.compare_model, device=config.device, allow_tf32=config.tf32)
+             if config.compare_model else None)
     samples = gather_images(config.inputs, config.root, config.limit)
     root = Path(config.root) if config.root else None
     note = f"Model {Path(model.path).name}" + (f"; compared with {Path(other.path).name}" if other else "") + "."
@@ -167,7 +168,7 @@ def run(config: SanityConfig) -> SanityResult | Verdicts:
         return run_many(config)
     seed = parse_seeds(config.seeds)[0]
     rules = parse_methods(config.methods)
-    model = OnnxModel(config.model, device=config.device)
+    model = OnnxModel(config.model, device=config.device, allow_tf32=config.tf32)
     target = parse_target(config.target, model.class_names)
     x = preprocess(load_image(config.image), model.input_size, model.mean, model.std, config.resize)
     result = sanity_results(model, x, [target], rules, config.mode, seed, config.classes,

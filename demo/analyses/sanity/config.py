@@ -26,6 +26,7 @@ class SanityConfig:
     norm: str = "minmax"  # display normalisation of the filmstrip's tiles
     resize: str = "crop"  # crop (short side, centre square) or stretch
     device: str = "auto"  # auto (CUDA if present), cuda, cpu
+    tf32: bool = False  # on CUDA, allow TF32 (faster, not exact)
 
     @property
     def image(self) -> str:

@@ -17,7 +17,7 @@ from base.cli import parse_class
 from base.spec import CONV_LAYERS, HEAD_RELUS, RULES, SIZE_MULTIPLE, conv_channels, layer_rules
 from demo.analyses.evidence.methods import Network, attribute
 from demo.analyses.figures import class_name
-from demo.analyses.sanity.randomize import HEAD, ORDER, Forward, Randomizer
+from demo.analyses.sanity.randomize import HEAD, ORDER, Forward, Randomizer, check_randomized
 from demo.backward import Deconvnet, Head, head_backward, head_forward
 from demo.onnx_forward import OnnxModel
 
@@ -406,29 +406,16 @@ def _check_input(image: np.ndarray, mode: str) -> None:
                          f"{image.shape}")
 
 
-def check_changed(key: Sequence[str], forward: Forward, base: Forward) -> None:
-    """RuntimeError unless re-drawing ``key`` changed the forward pass where it must: the output of its lowest
-    re-drawn layer (the class probabilities when only the head is re-drawn) differs from the trained one. That
-    layer's input is the trained one, so an equal output means onnxruntime ignored its overridden initializers.
-    In a cascade the lowest layer is the newest, so every layer is checked at its own step."""
-    convs = [n for n in CONV_LAYERS if n in key]
-    if convs:
-        layer, same = convs[0], np.array_equal(forward[1][convs[0]], base[1][convs[0]])
-    else:
-        layer, same = HEAD, np.array_equal(forward[0], base[0])
-    if same:
-        raise RuntimeError(f"onnxruntime ignored the overridden initializers of {layer} (step {'+'.join(key)}): "
-                           f"its output equals the trained one")
-
-
 def _step_subject(rand: Randomizer, image: np.ndarray, base: Forward, key: tuple[str, ...],
                   timed: _Timer) -> Subject:
-    """The model with the layers ``key`` re-drawn, and its forward pass of ``image``, checked (``check_changed``)."""
+    """The model with the layers ``key`` re-drawn, and its forward pass of ``image``, checked layer by layer
+    (``check_randomized``: RuntimeError when a randomized layer was not computed with its drawn weights, or its
+    output equals the trained pass ``base``'s)."""
     for layer in key:
         timed("weights", rand.draws, layer)  # cached for the session and the deconvnet below
     clone = timed("forward", rand.model_for, key)
     forward = timed("forward", clone.run, image)
-    check_changed(key, forward, base)
+    check_randomized(rand, key, image, forward, base)
     return Subject(clone, image, forward, timed("weights", rand.deconvnet, key))
 
 

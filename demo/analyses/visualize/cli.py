@@ -117,7 +117,7 @@ def _save_layer(out: Path, config: VisualizeConfig, layer: str, recons: dict[str
 def run(config: VisualizeConfig) -> dict[str, np.ndarray]:
     """Do the run that ``config`` describes; return what went into reconstructions.npz."""
     layers = parse_layers(config.layer)
-    model = OnnxModel(config.model, device=config.device)
+    model = OnnxModel(config.model, device=config.device, allow_tf32=config.tf32)
     target = parse_class(config.class_, model.class_names) if config.class_ is not None else None
     deconvnet = Deconvnet.from_model(model)
     x = preprocess(load_image(config.image, config.background), model.input_size, model.mean, model.std,
@@ -149,7 +149,7 @@ def run(config: VisualizeConfig) -> dict[str, np.ndarray]:
     np.savez(out / "reconstructions.npz", **arrays)
 
     top = np.argsort(-probs[0])[:5]
-    print(f"model {model.path.name} on {model.device}; top classes: "
+    print(f"model {model.path.name} on {model.device}; onnxruntime provider: {model.provider}; top classes: "
           + ", ".join(f"{model.class_names[i]} {probs[0, i]:.3f}" for i in top))
     if flat:
         print(f"flat (all-zero) reconstructions, shown grey: {', '.join(flat)}")

@@ -22,4 +22,5 @@ class VisualizeConfig:
     resize: str = "crop"  # crop (short side, centre square) or stretch
     background: str = "white"  # what transparent pixels are composited on
     device: str = "auto"  # auto (CUDA if present), cuda, cpu
+    tf32: bool = False  # on CUDA, allow TF32 (faster, not exact)
     features: bool = True  # also write the feature-map grids
