@@ -127,7 +127,7 @@ def test_a_layer_whose_override_is_ignored_stops_the_run(onnx_model, image, monk
 
     monkeypatch.setattr(randomize.Randomizer, "model_for", ignoring)
     k = randomize.ORDER.index(ignored) + 1  # the step that adds the ignored layer
-    with pytest.raises(RuntimeError, match=f"initializers of {ignored}"):
+    with pytest.raises(RuntimeError, match=f"randomized weights of {ignored}"):
         measure.sanity_results(onnx_model, image, ["class"], ["gradient"], classes=False, bar=False, steps=[k])
     monkeypatch.undo()
     measure.sanity_results(onnx_model, image, ["class"], ["gradient"], classes=False, bar=False, steps=[k])
