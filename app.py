@@ -19,7 +19,7 @@ import sys
 import threading
 from dataclasses import dataclass, fields
 
-from demo.cli import add_model_options, run_cli, set_threads
+from base.cli import add_model_options, run_cli, set_threads
 
 
 def _env_port() -> int | None:
@@ -36,6 +36,8 @@ class AppConfig:
     port: int | None = _env_port()  # None: 7860, or the next free port
     share: bool = False  # also open a public *.gradio.live link
     device: str = "auto"  # onnxruntime device: auto (CUDA if a GPU is present), cuda, cpu
+    tf32: bool = False  # on CUDA, allow TF32 convolutions (faster, about 3e-4 from the CPU's activations)
+    backward: str = "auto"  # the deconvnet: numpy, onnx (onnxruntime, on the network's provider), auto (onnx on CUDA)
     threads: int | None = None  # CPU threads for onnxruntime and NumPy's BLAS; None: every core this process has
     concurrency: int = 1  # requests computed at once (more queue up)
     queue_size: int = 64  # requests allowed to wait; beyond that users are told the app is busy
@@ -57,6 +59,10 @@ def parse_args(argv: list[str] | None = None) -> AppConfig:
     p.add_argument("--share", action="store_true", help="also create a public gradio.live link")
     add_model_options(p, resize=False, norm=False)
     p.add_argument("--threads", type=int, help="CPU threads for onnxruntime and NumPy (default: all cores)")
+    p.add_argument("--backward", choices=("auto", "numpy", "onnx"), default=defaults.backward,
+                   help="the deconvnet's backward stage: numpy (the reference), onnx (a graph of the descent in "
+                        "onnxruntime, on the network's provider), auto (onnx when the network runs on CUDA, else "
+                        "numpy) (default: %(default)s)")
     p.add_argument("--concurrency", type=int, default=defaults.concurrency,
                    help="requests computed at the same time; the others wait in the queue (default: %(default)s)")
     p.add_argument("--queue-size", dest="queue_size", type=int, default=defaults.queue_size,
@@ -96,12 +102,13 @@ def serve(config: AppConfig, block: bool = True):
     threads = set_threads(config.threads)
     from demo.app.pipeline import Pipeline, PipelineConfig
 
-    pipeline = Pipeline.from_path(config.model, device=config.device, threads=threads,
-                                  config=PipelineConfig(cache_size=config.cache))
+    pipeline = Pipeline.from_path(config.model, device=config.device, threads=threads, allow_tf32=config.tf32,
+                                  config=PipelineConfig(cache_size=config.cache, backward=config.backward))
     compare = None
     if config.compare:  # the second model sees the same input size as the first, so pictures line up
-        compare = Pipeline.from_path(config.compare, device=config.device, threads=threads,
-                                     config=PipelineConfig(cache_size=config.cache, size=pipeline.size))
+        compare = Pipeline.from_path(config.compare, device=config.device, threads=threads, allow_tf32=config.tf32,
+                                     config=PipelineConfig(cache_size=config.cache, size=pipeline.size,
+                                                           backward=config.backward))
     from demo.app.ui import build_demo, launch  # Gradio is slow to import: only once the model loaded
 
     try:
@@ -115,7 +122,8 @@ def serve(config: AppConfig, block: bool = True):
                                      quiet=not block)
     threading.Thread(target=pipeline.warm_up, name="warm-up", daemon=True).start()  # while the page loads
     print(f"Deconvnet demo on {local_url}" + (f" and {share_url}" if share_url else ""))
-    print(f"model {pipeline.model.path}; onnxruntime provider: {pipeline.provider} ({threads} CPU threads)")
+    print(f"model {pipeline.model.path}; onnxruntime provider: {pipeline.provider} ({threads} CPU threads); "
+          f"backward stage: {pipeline.backward}")
     if config.atlas:
         print(f"dataset atlas {config.atlas} in the \"Atlas\" tab")
     if compare is not None:

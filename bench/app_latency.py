@@ -99,8 +99,8 @@ def torch_reference(pipeline, image: Path, repeats: int = 3) -> float | None:
         import torch
     except ImportError:
         return None
+    from base.spec import CONV_LAYERS
     from model.deconvnet import project_down
-    from model.spec import CONV_LAYERS
 
     fwd, _ = pipeline.forward(image)
     weights = {k: torch.from_numpy(v.copy()) for k, v in pipeline.model.weights.items()}
@@ -141,7 +141,7 @@ def time_requests(client, images: list[Path], warmup: int, fetch=None) -> tuple[
 def run(config: LatencyConfig, threads: int) -> dict[str, float]:
     """Serve the app, time ``config.requests`` requests; print the report and return its numbers (ms).
 
-    ``threads``: the CPU threads ``demo.cli.set_threads`` sized the pools to (before NumPy was imported).
+    ``threads``: the CPU threads ``base.cli.set_threads`` sized the pools to (before NumPy was imported).
     """
     import httpx
     from gradio_client import Client
@@ -206,7 +206,7 @@ def report(config: LatencyConfig, pipeline, threads: int, ready: list[float], to
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
-    from demo.cli import set_threads
+    from base.cli import set_threads
 
     threads = set_threads(config.threads)  # before NumPy is imported
     from demo.onnx_forward import DEFAULT_MODEL

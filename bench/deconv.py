@@ -2,16 +2,20 @@
 
     python bench/deconv.py                      # 224x224, all cores
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/deconv.py --threads 2
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/deconv.py --threads 1,2 --skip-notebook --skip-onnx
     python bench/deconv.py --topk --threads 1   # only mode "topk": rows one at a time vs one batched pass
     python bench/deconv.py --errors --skip-notebook --skip-onnx   # also each layer's float32 error per method
 
 What it measures, on one 224x224 image and a random-weight VGG16 (speed does not depend on the weights):
 
 1. the 13 whole-layer projections (``mode="layer"``, conv1_1 ... conv5_3): our NumPy stage
-   (``demo/deconv_numpy.py``), the same computation in torch on the CPU (``model/deconvnet.py``) with the same
+   (``demo/backward/deconvnet.py``), the same computation in torch on the CPU (``model/deconvnet.py``) with the same
    thread count, and a notebook-style baseline (float64 NumPy unpooling through im2col-style 2x2 windows, one
    framework call per layer with conversions in between); seconds and ratios (the best of --repeats, NumPy and
-   torch interleaved so that background load hits them alike). Target: NumPy at most 0.7x torch,
+   torch interleaved so that background load hits them alike). Target: NumPy at most 0.7x torch. With several
+   thread counts (``--threads 1,2,4``) every count is measured in this one process, interleaved (the NumPy
+   stage's threads and torch's are set at run time, ``base.cli.set_threads``): seconds, the speed-up
+   over the first count, and NumPy / torch per count,
 2. GFLOP/s of the NumPy stage and of each layer's transposed convolution (with the method the stage picks for
    the whole map: Winograd F(4x4, 3x3) or F(2x2, 3x3), im2col, col2im), against this machine's sgemm GFLOP/s
    (a 2048^3 float32 matmul). GFLOP are those of the direct convolution, so Winograd layers can exceed 100% of
@@ -30,6 +34,7 @@ The machines set OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE; they can hold NumPy's O
 (which ships its own BLAS): OPENBLAS_CORETYPE=Haswell keeps OpenBLAS off AVX-512, halving its GEMMs' speed on
 CPUs that have it. For the fair comparison unset both in the command, as above. Timings on a CPU that other
 processes keep busy (the load average is printed) measure contention more than code; compare --threads 1 there.
+With several thread counts, the other measurements (2., 3., --topk) run with the last count.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ class BenchConfig:
     """What to measure; every field is a command-line option of the same name."""
 
     size: int = 224  # image side in pixels
-    threads: int = 0  # threads for NumPy's BLAS, torch and onnxruntime; 0: every core
+    threads: tuple[int, ...] = (0,)  # thread counts for NumPy's stage and BLAS, torch, onnxruntime; 0: every core
     repeats: int = 3  # timed runs of each measurement (the best one is reported)
     skip_notebook: bool = False  # skip the (slow) notebook-style baseline
     skip_onnx: bool = False  # skip the onnxruntime-vs-torch forward comparison (needs an export, ~20 s)
@@ -58,11 +63,25 @@ class BenchConfig:
     errors: bool = False  # also each layer's float32 error per method against a float64 direct convolution
 
 
+def thread_counts(text: str) -> tuple[int, ...]:
+    """"2" or "1,2,4" -> (2,) or (1, 2, 4); 0 means every core."""
+    try:
+        counts = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a thread count or a comma list of counts, got {text!r}") from None
+    if not counts or min(counts) < 0:
+        raise argparse.ArgumentTypeError(f"thread counts must be 0 (every core) or more, got {text!r}")
+    cores = len(os.sched_getaffinity(0))
+    return tuple(dict.fromkeys(c or cores for c in counts))
+
+
 def parse_args(argv: list[str] | None = None) -> BenchConfig:
     p = argparse.ArgumentParser(prog="python bench/deconv.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=224, help="image side in pixels, a multiple of 16 (default: 224)")
-    p.add_argument("--threads", type=int, default=0, help="threads for every library (default: all cores)")
+    p.add_argument("--threads", default="0", type=thread_counts,
+                   help="threads for every library, or a comma list of counts measured side by side "
+                        "(e.g. 1,2,4; 0: all cores; default: all cores)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement, best reported (default: 3)")
     p.add_argument("--skip-notebook", action="store_true", help="skip the notebook-style baseline")
     p.add_argument("--skip-onnx", action="store_true", help="skip the onnxruntime forward comparison")
@@ -75,19 +94,20 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
 
 
 CONFIG = parse_args()
-THREADS = CONFIG.threads or len(os.sched_getaffinity(0))
-os.environ["OPENBLAS_NUM_THREADS"] = str(THREADS)  # before NumPy loads OpenBLAS
-os.environ["OMP_NUM_THREADS"] = str(THREADS)
 sys.path.insert(0, str(ROOT))
+from base.cli import set_threads  # noqa: E402  (loads no NumPy)
+
+THREADS = set_threads(CONFIG.threads[-1])  # of all but the side-by-side counts; before NumPy loads OpenBLAS
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from demo.deconv_kernels import _deconv_plane, deconv, prepare_weight  # noqa: E402
-from demo.deconv_numpy import Deconvnet as NumpyDeconvnet  # noqa: E402
+from base.spec import CONV_LAYERS, pool_below  # noqa: E402
+from demo.backward.deconvnet import Deconvnet as NumpyDeconvnet  # noqa: E402
+from demo.backward.kernels import _deconv_plane, deconv, prepare_weight  # noqa: E402
+from demo.backward.threads import blas_control  # noqa: E402
 from model.deconvnet import Deconvnet as TorchDeconvnet  # noqa: E402
-from model.spec import CONV_LAYERS, pool_below  # noqa: E402
 from model.vgg import VGG  # noqa: E402
 
 
@@ -208,7 +228,9 @@ def bench_topk(cfg: BenchConfig, f, acts: dict[str, np.ndarray], sws: dict[str, 
 def main() -> None:
     cfg = CONFIG
     torch.set_num_threads(THREADS)
-    print(f"threads: {THREADS} (NumPy/OpenBLAS, torch, onnxruntime); image {cfg.size}x{cfg.size}; "
+    set_threads(THREADS)
+    counts = ",".join(map(str, cfg.threads))
+    print(f"threads: {counts} (NumPy stage and OpenBLAS, torch, onnxruntime); image {cfg.size}x{cfg.size}; "
           f"best of {cfg.repeats}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     blas_env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
     if blas_env:
@@ -216,6 +238,9 @@ def main() -> None:
               "`env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/deconv.py`")
     else:
         print("OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE unset (fair NumPy-vs-torch comparison)")
+    control = blas_control()
+    print(f"NumPy stage: our threads, OpenBLAS on one thread meanwhile ({control})" if control else
+          "NumPy stage: no control over BLAS's threads found: its kernels run serially, BLAS on its own threads")
 
     torch.manual_seed(0)
     model = VGG().eval()
@@ -243,24 +268,44 @@ def main() -> None:
 
 def bench_layers(cfg: BenchConfig, f, acts: dict[str, np.ndarray], sws: dict[str, np.ndarray],
                  ndeconv: NumpyDeconvnet, tdeconv: TorchDeconvnet, stage_flops: float) -> None:
-    """1. The 13 whole-layer projections: NumPy and torch interleaved, and the notebook-style baseline."""
+    """1. The 13 whole-layer projections: NumPy and torch interleaved (every thread count), and the notebook-style
+    baseline."""
+
+    def at(threads: int, fn):  # fn run with every library on ``threads`` threads
+        def run():
+            set_threads(threads)
+            torch.set_num_threads(threads)
+            return fn()
+        return run
+
+    numpy_all = lambda: [ndeconv.project(acts, sws, n) for n in CONV_LAYERS]  # noqa: E731
+    torch_all = lambda: [tdeconv.project(f.activations, f.switches, n) for n in CONV_LAYERS]  # noqa: E731
     with torch.no_grad():
         # one warm-up of each, then a parity check so the timings compare the same computation
         ref = tdeconv.project(f.activations, f.switches, "conv5_3").images.numpy()
         got = ndeconv.project(acts, sws, "conv5_3").images
         err = float(np.abs(got - ref).max() / np.abs(ref).max())
-        t_numpy, t_torch = best_times([lambda: [ndeconv.project(acts, sws, n) for n in CONV_LAYERS],
-                                       lambda: [tdeconv.project(f.activations, f.switches, n) for n in CONV_LAYERS]],
-                                      cfg.repeats)
+        times = best_times([at(c, fn) for c in cfg.threads for fn in (numpy_all, torch_all)], cfg.repeats)
+        set_threads(THREADS)
+        torch.set_num_threads(THREADS)
+    t_numpy, t_torch = times[-2:]
     print(f"\n13 whole-layer projections ({stage_flops / 1e9:.0f} GFLOP; NumPy vs torch on conv5_3: relative "
           f"error {err:.1e})")
+    if len(cfg.threads) > 1:
+        first = cfg.threads[0]
+        print(f"  {'threads':>7} {'NumPy s':>8} {'torch s':>8} {f'NumPy x vs {first}':>15} "
+              f"{f'torch x vs {first}':>15} {'NumPy / torch':>14}")
+        for i, c in enumerate(cfg.threads):
+            tn, tt = times[2 * i : 2 * i + 2]
+            print(f"  {c:7d} {tn:8.3f} {tt:8.3f} {times[0] / tn:15.2f} {times[1] / tt:15.2f} {tn / tt:14.2f}")
+        print(f"  (interleaved in one process, best of {cfg.repeats}; below: {THREADS} threads)")
     print(f"  NumPy stage     {t_numpy:8.3f} s   {stage_flops / t_numpy / 1e9:6.1f} GFLOP/s")
     print(f"  torch (CPU)     {t_torch:8.3f} s   {stage_flops / t_torch / 1e9:6.1f} GFLOP/s")
     if not cfg.skip_notebook:
         acts64 = {k: v.astype(np.float64) for k, v in acts.items()}
         with torch.no_grad():
             t_notebook = best_time(lambda: [notebook_style(acts64, tdeconv.weights, n) for n in CONV_LAYERS],
-                               max(1, cfg.repeats - 1))
+                                   max(1, cfg.repeats - 1))
         print(f"  notebook-style      {t_notebook:8.3f} s   {stage_flops / t_notebook / 1e9:6.1f} GFLOP/s")
     ratio = t_numpy / t_torch
     print(f"  NumPy / torch = {ratio:.2f} (target <= 0.7: {'met' if ratio <= 0.7 else 'NOT met'})"

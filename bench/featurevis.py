@@ -29,7 +29,7 @@ def torch_model(vis):
     """A PyTorch VGG16 with the .onnx file's folded conv weights, biases and head (eval mode, no batch norm)."""
     import torch
 
-    from model.spec import CONV_LAYERS
+    from base.spec import CONV_LAYERS
     from model.vgg import VGG
 
     head = vis.model.head
@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from demo.analyses.featurevis import transforms
-    from demo.analyses.featurevis.cli import load
     from demo.analyses.featurevis.objective import Target
+    from demo.analyses.featurevis.optimize import load
     from demo.analyses.featurevis.param import init_spectrum
 
     torch.set_num_threads(args.threads)

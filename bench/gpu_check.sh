@@ -1,39 +1,82 @@
 #!/usr/bin/env bash
-# The GPU path, checked on a machine with an NVIDIA GPU, in one go:
-#   1. a fresh venv with the app's requirements and onnxruntime-gpu's CUDA and cuDNN libraries (no torch),
-#   2. `python app.py --device cuda` started, and onnxruntime's CUDA provider asserted from what it prints,
-#   3. the app latency split (forward on the GPU, deconvnet on the CPU) at 224 px and at the model's size.
+# The GPU path, checked on a machine with an NVIDIA GPU, offline, with what is installed (nothing is downloaded or
+# pip-installed): $PYTHON if set, else the python of .venv when there is one, else python3.
+#   1. the GPU and onnxruntime's providers,
+#   2. the NumPy stage's thread scaling: bench/deconv.py --threads 1,2,4,8,16,
+#   3. bench/gpu_split.py at 112 and 224 px: forward and backward split (NumPy, and the ONNX descent graphs on
+#      the GPU), the 13-layer view served, GPU-vs-CPU differences (activations, switches, one projection per
+#      rule), and the sanity checks' cost on CUDA,
+#   4. `python app.py --device cuda` started, and its provider line asserted (CUDA, TF32 off, ONNX backward),
+#   5. when gradio_client is installed: the app's end-to-end latency (bench/app_latency.py) at 224 px.
 #
-#   bash bench/gpu_check.sh                 # from the repository root
-#   VENV=/tmp/gpu-venv bash bench/gpu_check.sh   # reuse a venv between runs
-set -euo pipefail
+#   bash bench/gpu_check.sh                  # from anywhere; runs in the repository root
+#   DEVICE=cpu bash bench/gpu_check.sh       # the same steps on onnxruntime's CPU provider (no GPU needed)
+#   THREADS=1,2,4 SIZES=112 PYTHON=/path/to/python bash bench/gpu_check.sh
+# A step that fails is reported and the others still run; the exit status is 1 when any step failed.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-export GRADIO_ANALYTICS_ENABLED=False PIP_DISABLE_PIP_VERSION_CHECK=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || { echo "gpu_check: no NVIDIA GPU"; exit 2; }
+export GRADIO_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1 PIP_NO_INDEX=1 PYTHONUNBUFFERED=1
+DEVICE=${DEVICE:-cuda}
+THREADS=${THREADS:-1,2,4,8,16}
+SIZES=${SIZES:-112,224}
+if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+failed=()
+step() { echo; echo "=== $*"; }
+fail() { echo "gpu_check: FAILED: $*"; failed+=("$*"); }
 
-venv=${VENV:-$(mktemp -d)/venv}
-if [ ! -x "$venv/bin/python" ]; then
-  python3 -m venv "$venv"
+step "machine"
+echo "python: $PY ($($PY --version 2>&1)); $(nproc) CPU cores; $(date -u)"
+if [ "$DEVICE" = cuda ]; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || { echo "gpu_check: no NVIDIA GPU (DEVICE=cpu runs the steps on the CPU)"; exit 2; }
 fi
-. "$venv/bin/activate"
-# requirements.txt with onnxruntime-gpu's CUDA extras, plus the benchmark's client (no torch: the GPU app needs none).
-sed 's/^onnxruntime-gpu==/onnxruntime-gpu[cuda,cudnn]==/' requirements.txt > "$venv/requirements-gpu.txt"
-pip install -q -r "$venv/requirements-gpu.txt" gradio-client==2.7.2 httpx==0.28.1
+$PY - <<'EOF' || fail "onnxruntime providers"
+import onnxruntime as ort
+print("onnxruntime", ort.__version__, "available providers:", ", ".join(ort.get_available_providers()))
+try:
+    import torch  # noqa: F401
+    print("torch", torch.__version__, "(installed: bench/deconv.py can run)")
+except ImportError:
+    print("torch: not installed (bench/deconv.py needs it; the app and the GPU path do not)")
+EOF
 
-log=$(mktemp)
-python app.py --device cuda --port 7861 > "$log" 2>&1 &
-app=$!
-trap 'kill $app 2>/dev/null || true' EXIT
-for _ in $(seq 1 120); do
-  grep -q "onnxruntime provider" "$log" && break
-  kill -0 $app 2>/dev/null || { cat "$log"; echo "gpu_check: the app exited"; exit 1; }
-  sleep 1
-done
-cat "$log"
-grep -q "onnxruntime provider: CUDAExecutionProvider" "$log" || { echo "gpu_check: FAILED, CUDA provider not used"; exit 1; }
-echo "gpu_check: the app runs the network on CUDAExecutionProvider"
-kill $app; wait $app 2>/dev/null || true; trap - EXIT
+step "the NumPy stage's threads: bench/deconv.py --threads $THREADS"
+$PY bench/deconv.py --threads "$THREADS" || fail "bench/deconv.py --threads $THREADS"
 
-python bench/app_latency.py --device cuda --size 224 --requests 10 --default-client 3
-python bench/app_latency.py --device cuda --requests 10 --default-client 0 --size "$(python -c '
-from demo.onnx_forward import OnnxModel; print(OnnxModel(device="cpu").input_size)')"
+step "forward/backward split, differences, sanity checks: bench/gpu_split.py --device $DEVICE --sizes $SIZES"
+$PY bench/gpu_split.py --device "$DEVICE" --sizes "$SIZES" || fail "bench/gpu_split.py"
+
+step "the app on $DEVICE"
+if $PY -c "import gradio" 2>/dev/null; then
+  log=$(mktemp)
+  $PY app.py --device "$DEVICE" --port 7861 > "$log" 2>&1 &
+  app=$!
+  for _ in $(seq 1 180); do
+    grep -q "onnxruntime provider" "$log" && break
+    kill -0 $app 2>/dev/null || break
+    sleep 1
+  done
+  cat "$log"
+  kill $app 2>/dev/null; wait $app 2>/dev/null
+  if [ "$DEVICE" = cuda ]; then
+    grep -q "onnxruntime provider: CUDAExecutionProvider (TF32 off)" "$log" || fail "the app does not run on CUDA with TF32 off"
+    grep -q "backward stage: onnx" "$log" || fail "the app's backward stage is not the ONNX graph on CUDA"
+  else
+    grep -q "onnxruntime provider: CPUExecutionProvider" "$log" || fail "the app did not start"
+  fi
+  rm -f "$log"
+else
+  echo "gradio is not installed: app not checked"
+fi
+
+step "the app's latency end to end"
+if $PY -c "import gradio, gradio_client, httpx" 2>/dev/null; then
+  $PY bench/app_latency.py --device "$DEVICE" --size 224 --requests 10 --default-client 3 || fail "bench/app_latency.py"
+else
+  echo "gradio_client or httpx is not installed: latency not measured"
+fi
+
+echo
+if [ ${#failed[@]} -gt 0 ]; then
+  printf 'gpu_check: %d step(s) failed:\n' "${#failed[@]}"; printf '  %s\n' "${failed[@]}"; exit 1
+fi
+echo "gpu_check: every step ran"

@@ -23,6 +23,11 @@ interleaved so that background load hits them alike):
    distinct image, the entries projected, tiles cut and saved), in entries per second: each layer alone, and
    all layers in one pass as ``render`` draws them (an image's forward pass then serves all of its entries).
    ``--only-render`` measures only this.
+7. ``--engine ray --ray-workers 1,2``: instead of 1-6, the engines side by side on the same images: the local
+   engine (``stream``, decoding threads, one onnxruntime session on every core) and the Ray engine
+   (``demo.analyses.ray_engine``, one local Ray runtime) with each worker count, whole runs from the files in
+   images per second; Ray's fixed cost (starting the actor pool: processes, sessions), measured on one batch, and
+   its overhead per image beyond it; the per-worker rate that sizes a cluster.
 
 Without --model a random-weight VGG16 is exported to a temporary file (speed does not depend on the weights);
 that needs torch, the benchmark only.
@@ -31,7 +36,6 @@ that needs torch, the benchmark only.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -58,6 +62,8 @@ class BenchConfig:
     projections: int = 3  # entries per layer timed in the rendering measurement
     render_channels: int = 8  # channels per layer whose tiles are drawn in the rendering-rate measurement
     only_render: bool = False  # measure only the rendering rate
+    engine: str = "local"  # ray: compare the local engine with the Ray engine (7) instead of 1-6
+    ray_workers: str = "1,2"  # Ray worker counts measured with --engine ray
 
 
 def parse_args(argv: list[str] | None = None) -> BenchConfig:
@@ -77,29 +83,33 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     p.add_argument("--render-channels", type=int, default=8,
                    help="channels per layer drawn in the rendering-rate measurement (default: %(default)s)")
     p.add_argument("--only-render", action="store_true", help="measure only the rendering rate (6)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="ray: the local engine against the Ray engine (7) instead of 1-6 (default: %(default)s)")
+    p.add_argument("--ray-workers", default="1,2", metavar="N,N",
+                   help="with --engine ray: Ray worker counts to measure (default: %(default)s)")
     args = p.parse_args(argv)
     return BenchConfig(**{f.name: getattr(args, f.name) for f in fields(BenchConfig)})
 
 
 CONFIG = parse_args()
-THREADS = CONFIG.threads or len(os.sched_getaffinity(0))
-os.environ["OPENBLAS_NUM_THREADS"] = str(THREADS)  # before NumPy loads OpenBLAS
-os.environ["OMP_NUM_THREADS"] = str(THREADS)
 sys.path.insert(0, str(ROOT))
+from base.cli import cpu_threads, set_threads  # noqa: E402  (loads no NumPy)
+
+THREADS = set_threads(CONFIG.threads or cpu_threads())  # BLAS and OpenMP pools, before NumPy loads OpenBLAS
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from base import spec  # noqa: E402
+from base.cli import parse_layers  # noqa: E402
+from base.labels import Sample  # noqa: E402
 from demo.analyses import dataset  # noqa: E402
 from demo.analyses.atlas import cli as atlas_cli  # noqa: E402
 from demo.analyses.atlas import render as atlas_render  # noqa: E402
 from demo.analyses.atlas.mine import TopK, stream  # noqa: E402
 from demo.analyses.atlas.read import Atlas  # noqa: E402
-from demo.cli import parse_layers  # noqa: E402
-from demo.deconv_numpy import Deconvnet  # noqa: E402
+from demo.backward import Deconvnet  # noqa: E402
 from demo.onnx_forward import OnnxModel  # noqa: E402
-from model import spec  # noqa: E402
-from model.data import Sample  # noqa: E402
 
 
 def export_random(path: Path, size: int) -> None:
@@ -196,6 +206,9 @@ def main() -> None:
         model = OnnxModel(model_path, device="auto", threads=THREADS)
         print(f"{len(samples)} images of {source} at {cfg.size} px, batches of {cfg.batch_size}, layers "
               f"{', '.join(layers)}; {model.providers[0]}, {THREADS} threads")
+        if cfg.engine == "ray":
+            engines(cfg, model, samples, layers)
+            return
         if not cfg.only_render:
             maxima = dataset.ChannelMaxima(model, layers, threads=THREADS)
             load = dataset.Loader(samples, cfg.size, model.mean, model.std)
@@ -305,6 +318,66 @@ def single_projections(cfg: BenchConfig, model: OnnxModel, x: np.ndarray, layers
         print(f"  {layer}: {per * 1e3:7.1f} ms per entry; {entries} entries: {per * entries / 60:6.1f} min")
     print(f"  a full atlas of {', '.join(layers)} renders in about {total / 60:.1f} min, as long as streaming "
           f"{total / per_image:.0f} images at the rate above")
+
+def engines(cfg: BenchConfig, model: OnnxModel, samples: list[Sample], layers: list[str]) -> None:
+    """7. The local engine and the Ray engine with each of --ray-workers, whole mining runs from the files."""
+    import contextlib
+    import io
+    import logging
+
+    import ray
+
+    from demo.analyses import ray_engine
+
+    counts = [int(n) for n in cfg.ray_workers.split(",")]
+    N = len(samples)
+    channels = {layer: spec.conv_channels(layer) for layer in layers}
+    maxima = dataset.ChannelMaxima(model, layers, threads=THREADS)
+    load = dataset.Loader(samples, cfg.size, model.mean, model.std)
+    ray.init(num_cpus=THREADS, include_dashboard=False, logging_level=logging.WARNING)
+
+    def local(n: int = N) -> TopK:
+        return stream(maxima, load, n, TopK.empty(channels, 9), cfg.batch_size, cfg.workers, bar=False)
+
+    def on_ray(workers: int) -> tuple[float, float, int, TopK]:
+        """(seconds in all, seconds until the first block is back, its images, the atlas) of one Ray run."""
+        settings = ray_engine.RaySettings(workers, None, cfg.workers)
+        state, first, begin = TopK.empty(channels, 9), None, time.perf_counter()
+        with contextlib.redirect_stderr(io.StringIO()):  # Ray's own notices
+            for s, e, result in ray_engine.run_blocks("mine", settings, model, [x.path for x in samples], 0,
+                                                      cfg.size, "crop", cfg.batch_size, {"layers": layers, "k": 9},
+                                                      bar=False):
+                state = state.union(result["topk"])
+                first = first or (time.perf_counter() - begin, e - s)
+        return time.perf_counter() - begin, *first, state
+
+    try:
+        local(cfg.batch_size)  # warm-up
+        t_local, runs, same = [], {n: [] for n in counts}, True
+        for _ in range(cfg.repeats):  # interleaved, so that background load hits every variant alike
+            t_local.append(best(local, 1))
+            for n in counts:
+                runs[n].append(on_ray(n))
+        reference = local()
+        for n in counts:
+            state = runs[n][-1][3]
+            same &= all(np.array_equal(reference.images[x], state.images[x]) and
+                        np.array_equal(reference.values[x], state.values[x]) for x in layers)
+    finally:
+        ray.shutdown()
+    t_local = min(t_local)
+    print(f"\n7. engines, whole mining runs from the files ({N} images; {THREADS} CPU cores in all)")
+    print(f"  local engine (stream, {cfg.workers} decoding threads)  {t_local:7.2f} s  {N / t_local:7.1f} img/s")
+    for n in counts:
+        total, fixed, first_images, _ = min(runs[n])
+        rate = (N - first_images) / max(total - fixed, 1e-9)  # once the first block is back: the pool is up
+        print(f"  Ray engine, {n} worker(s)                   {total:7.2f} s  {N / total:7.1f} img/s   first block "
+              f"({first_images} img) back after {fixed:5.2f} s (pool start); then {rate:6.1f} img/s, "
+              f"{rate / n:6.1f} img/s per worker")
+        print(f"    against local: {(total - t_local) / N * 1e3:+7.1f} ms per image in all, "
+              f"{(1 / rate - t_local / N) * 1e3:+7.1f} ms per image once the pool is up")
+    print(f"  Ray's atlas equals the local one: {same}")
+
 
 if __name__ == "__main__":
     main()

@@ -8,7 +8,8 @@ class check: 14 randomization steps (the head, then conv5_3 ... conv1_1) after t
 per step that needs one. Printed: the total (target: at most 20 s at the model's input size on an idle 2-core CPU)
 and its split, in seconds:
 
-- forward: opening the onnxruntime sessions with the overridden initializers, and their forward passes;
+- forward: copying the graph with the randomized initializers, opening an onnxruntime session on it, and its
+  forward pass;
 - projection: the NumPy deconvnet's projections (three rules per step);
 - similarity: Spearman (scipy) and SSIM (skimage) of each map against the trained one;
 - weights: drawing the random weights and laying them out for the transposed convolutions.
@@ -66,14 +67,14 @@ def load() -> str:
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from demo.cli import set_threads
+    from base.cli import set_threads
 
     threads = set_threads(config.threads or None)  # before NumPy is imported
+    from base.spec import RULES
     from demo.analyses.sanity.measure import class_sensitivity, sanity_checks
     from demo.analyses.sanity.randomize import Randomizer, run_session
     from demo.onnx_forward import OnnxModel
     from demo.preprocess import load_image, preprocess
-    from model.spec import RULES
 
     model = OnnxModel(config.model, device="cpu", threads=threads)
     size = config.size or model.input_size

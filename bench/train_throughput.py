@@ -38,10 +38,11 @@ from torch.utils.data import DataLoader
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from base.labels import Sample, find_samples  # noqa: E402
 from model.augment import make_transforms  # noqa: E402
-from model.data import ImageDataset, Sample, find_samples  # noqa: E402
+from model.config import TrainConfig  # noqa: E402
+from model.data import ImageDataset  # noqa: E402
 from model.loop import pick_device, run_epoch  # noqa: E402
-from model.train import TrainConfig  # noqa: E402
 from model.vgg import VGG  # noqa: E402
 
 

@@ -3,7 +3,7 @@ see ``demo.analyses.atlas.site``."""
 
 import sys
 
-from demo.analyses.atlas.site import main
+from demo.analyses.atlas.cli import site_main as main
 
 if __name__ == "__main__":
     sys.exit(main())

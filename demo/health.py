@@ -1,5 +1,5 @@
 """``python -m demo.health``: dead and rare channels, peaks and filter norms per layer, and the conv1_1 filters
-(Zeiler & Fergus, Fig. 6); see ``demo.analyses.health``."""
+(Zeiler & Fergus, Fig. 6); see ``demo.analyses.health`` (``--engine ray``: ``demo.analyses.ray_engine``)."""
 
 import sys
 

@@ -2,7 +2,7 @@
 
 import sys
 
-from demo.analyses.invariance import main
+from demo.analyses.invariance.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

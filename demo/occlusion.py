@@ -2,7 +2,7 @@
 
 import sys
 
-from demo.analyses.occlusion import main
+from demo.analyses.occlusion.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

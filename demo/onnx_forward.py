@@ -4,6 +4,10 @@ One .onnx file (written by ``python -m export``) carries the graph, the weights 
 demo needs to know: class names, mean/std, input size, layer names and a model card. ``OnnxModel`` reads all
 of it, builds one onnxruntime session (CUDA first when a GPU is present, else CPU) and also exposes the conv
 weights, read from the graph's initializers (batch norm already folded), for the NumPy deconvnet.
+
+On the GPU the CUDA provider is asked for ``use_tf32=0``: cuDNN's default TF32 convolutions round the inputs to
+10-bit mantissas, which moves the activations by about 3e-4 (relative L2) from the CPU's and flips some pool
+switches; with TF32 off they agree to about 1e-6. ``allow_tf32=True`` (``--tf32``) trades that for speed.
 """
 
 from __future__ import annotations
@@ -19,9 +23,9 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from demo.cli import DEFAULT_MODEL, DEVICES, REPO_ROOT, cpu_threads
-from demo.head_numpy import Head
-from model import spec
+from base import spec
+from base.cli import DEFAULT_MODEL, DEVICES, REPO_ROOT, cpu_threads
+from demo.backward.head import Head
 
 
 def resolve_model_path(path: str | Path | None) -> Path:
@@ -52,6 +56,37 @@ def cuda_device_count() -> int:
             return 0
         return count.value
     return 0
+
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+Providers = list[tuple[str, dict[str, str]]]  # (execution provider, its options), in onnxruntime's order
+
+
+def providers_for(device: str, allow_tf32: bool = False, cuda_usable: bool | None = None) -> Providers:
+    """The execution providers (name, options) a session on ``device`` ("auto", "cuda", "cpu") asks for.
+
+    CUDA comes first when ``device`` is "cuda", or "auto" with a GPU, and onnxruntime has the provider
+    (``cuda_usable`` overrides that look-up, for tests); it is asked for ``use_tf32`` "1" only with
+    ``allow_tf32``, else "0" (exact float32 convolutions and GEMMs). The CPU provider always comes last.
+    """
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if cuda_usable is None:
+        wanted = device == "cuda" or (device == "auto" and cuda_device_count() > 0)
+        cuda_usable = wanted and CUDA in ort.get_available_providers()
+    providers: Providers = [(CPU, {})]
+    if cuda_usable and device != "cpu":
+        providers.insert(0, (CUDA, {"use_tf32": "1" if allow_tf32 else "0"}))
+    return providers
+
+
+def provider_label(provider: str, options: dict[str, str] | None = None) -> str:
+    """``provider`` with its TF32 setting when it is CUDA, e.g. "CUDAExecutionProvider (TF32 off)"."""
+    if provider != CUDA:
+        return provider
+    tf32 = (options or {}).get("use_tf32", "1")  # onnxruntime's own default is on
+    return f"{provider} (TF32 {'on' if tf32 not in ('0', 'false', 'False') else 'off'})"
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
@@ -100,6 +135,23 @@ def conv_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return weights
 
 
+def conv_biases(model: onnx.ModelProto | str | Path) -> dict[str, np.ndarray]:
+    """The 13 conv biases (C_out,) float32 of a VGG16 graph (or its .onnx file), batch norm folded, keyed
+    ``conv1_1`` ... ``conv5_3``; zeros where a Conv has no bias input. Conv nodes are taken in graph order."""
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model))
+    convs = [node for node in model.graph.node if node.op_type == "Conv"]
+    if len(convs) != len(spec.CONV_LAYERS):
+        raise ValueError(f"expected {len(spec.CONV_LAYERS)} Conv nodes (VGG16), found {len(convs)}")
+    biases: dict[str, np.ndarray] = {}
+    for name, node in zip(spec.CONV_LAYERS, convs, strict=True):
+        C = spec.conv_channels(name)
+        has = len(node.input) > 2 and node.input[2]
+        b = _resolve(model.graph, node.input[2]) if has else np.zeros(C)
+        biases[name] = np.asarray(b, dtype=np.float32).reshape(C)
+    return biases
+
+
 def _constant(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
     """The constant tensor named ``name`` as float32, or None when the graph computes it."""
     try:
@@ -140,7 +192,7 @@ def _linear_layers(graph: onnx.GraphProto) -> list[tuple[np.ndarray, np.ndarray]
 
 
 def head_weights(source: str | Path | onnx.ModelProto) -> Head:
-    """The class-score head of an exported VGG16 (a .onnx file or a loaded model), for ``demo.head_numpy``.
+    """The class-score head of an exported VGG16 (a .onnx file or a loaded model), for ``demo.backward.head``.
 
     The kind ("gmp" or "torchvision") is the model card's "head" (by the number of Linear layers for files
     without one); the Linear layers are read from the graph after the last Conv (Gemm, or MatMul + Add).
@@ -162,16 +214,18 @@ class OnnxModel:
         mean, std: per-channel RGB normalisation (3,) of the input, on pixels scaled to [0, 1].
         input_size: side in pixels of the images the model was trained on.
         layers: conv and pool names in network order; ``conv_layers`` / ``pool_layers`` split them.
-        switch_convention: how the switch outputs index their input plane (``model.spec.SWITCH_CONVENTION``).
+        switch_convention: how the switch outputs index their input plane (``base.spec.SWITCH_CONVENTION``).
         model_card: the exporter's description (data, accuracy, training config), a dict.
         weights: conv name -> (C_out, C_in, 3, 3) float32, batch norm folded (for the NumPy deconvnet).
         providers: the execution providers the session really uses, e.g. ["CPUExecutionProvider"].
     """
 
-    def __init__(self, path: str | Path | None = None, device: str = "auto", threads: int | None = None) -> None:
+    def __init__(self, path: str | Path | None = None, device: str = "auto", threads: int | None = None,
+                 allow_tf32: bool = False) -> None:
         """Load ``path`` (default DEFAULT_MODEL) on ``device`` ("auto": CUDA if a GPU is present, "cuda", "cpu").
 
         ``threads``: onnxruntime's intra-op threads on the CPU (default: every core this process may use).
+        ``allow_tf32``: let CUDA use TF32 (faster, about 3e-4 from the CPU's activations); off by default.
         """
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
@@ -203,6 +257,7 @@ class OnnxModel:
         self.weights = conv_weights(proto)
         del proto  # the session reads the file itself
 
+        self.allow_tf32 = allow_tf32
         self.session = self._session(device, threads)
         outputs = {o.name for o in self.session.get_outputs()}
         absent = [n for n in spec.OUTPUT_NAMES if n not in outputs]
@@ -212,14 +267,14 @@ class OnnxModel:
 
     def _session(self, device: str, threads: int | None) -> ort.InferenceSession:
         options = session_options(threads)
-        providers: list = ["CPUExecutionProvider"]
-        want_cuda = device == "cuda" or (device == "auto" and cuda_device_count() > 0)
-        if want_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
+        self.threads = options.intra_op_num_threads
+        providers = providers_for(device, self.allow_tf32)
+        if providers[0][0] == CUDA:
             try:  # without torch in the process, onnxruntime must load the CUDA/cuDNN libraries itself
                 ort.preload_dlls()
             except Exception as err:  # any failure here only means "CPU after all"
                 warnings.warn(f"onnxruntime.preload_dlls() failed ({err}); CUDA may be unavailable", stacklevel=3)
-            providers.insert(0, "CUDAExecutionProvider")
+        self.provider_options: dict[str, dict[str, str]] = dict(providers)
         try:
             session = ort.InferenceSession(str(self.path), options, providers=providers)
         except Exception as err:  # onnxruntime's InvalidGraph, Fail ...: a file it cannot run
@@ -229,10 +284,22 @@ class OnnxModel:
             warnings.warn("CUDA was asked for but onnxruntime runs on the CPU", stacklevel=3)
         return session
 
+    def new_session(self, model: bytes | str | Path) -> ort.InferenceSession:
+        """Another onnxruntime session, of ``model`` (serialised ModelProto bytes or a file), with this model's
+        execution providers, provider options (TF32 included) and threads: it runs where ``session`` runs."""
+        providers = [(p, self.provider_options.get(p, {})) for p in self.providers]
+        source = model if isinstance(model, bytes) else str(model)
+        return ort.InferenceSession(source, session_options(self.threads), providers=providers)
+
+    @property
+    def provider(self) -> str:
+        """The provider that runs the network, with its TF32 setting on CUDA: "CUDAExecutionProvider (TF32 off)"."""
+        return provider_label(self.providers[0], self.provider_options.get(self.providers[0]))
+
     @property
     def device(self) -> str:
         """"cuda" when the session runs on the GPU, else "cpu"."""
-        return "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
+        return "cuda" if self.providers[0] == CUDA else "cpu"
 
     @property
     def head(self) -> Head:

@@ -10,7 +10,7 @@ The steps, in order:
    centre square, keeping the aspect ratio, exactly as the training's evaluation transform (torchvision's
    ``Resize(size)`` + ``CenterCrop(size)``) does; ``"stretch"`` scales the whole image to a square, keeping
    everything in view but distorting the shapes,
-4. scaled to [0, 1] and normalised per channel with the model's mean and std (``model.spec.MEAN``/``STD``,
+4. scaled to [0, 1] and normalised per channel with the model's mean and std (``base.spec.MEAN``/``STD``,
    carried in the ONNX metadata). Channel order RGB, never BGR.
 
 Resampling is Pillow's antialiased bilinear filter (what torchvision uses on PIL images).
@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from model import images
+from base import images
+from base.images import RESIZE_MODES
 
-RESIZE_MODES = ("crop", "stretch")
 BACKGROUNDS = {"white": (255, 255, 255), "grey": (128, 128, 128), "black": (0, 0, 0)}
 
 
@@ -33,7 +33,7 @@ def to_rgb(image: Image.Image, background: str | tuple[int, int, int] = "white")
     """``image`` in 8-bit RGB, whatever its mode, EXIF orientation applied; transparency composited on
     ``background`` ("white", "grey", "black" or an (R, G, B) tuple of 0-255 values).
 
-    The conversion is ``model.images.to_rgb``'s (torch-free), the one training used, so the demo sees exactly
+    The conversion is ``base.images.to_rgb``'s (torch-free), the one training used, so the demo sees exactly
     what the network was trained on: 16-bit grey scaled from 0-65535, float images from [0, 1] when they lie in
     it, palette and colour-key transparency honoured.
     """
@@ -45,7 +45,7 @@ def _background(background: str | tuple[int, int, int]) -> tuple[int, int, int]:
 
 
 def load_image(path: str | Path, background: str | tuple[int, int, int] = "white") -> Image.Image:
-    """Open an image file through the safe decoding path (``model.images``): 8-bit RGB, EXIF orientation applied,
+    """Open an image file through the safe decoding path (``base.images``): 8-bit RGB, EXIF orientation applied,
     first frame of an animation; ``ImageError`` (a ValueError naming the file and the reason) when unusable."""
     return images.open_image(path, background=_background(background))
 

@@ -11,8 +11,8 @@ PYTHON=${PYTHON:-python}
 mkdir -p "$OUT"
 "$PYTHON" -m demo.featurevis class/all conv5_3/all conv4_3/all conv3_3/all --steps 64 --size 96 --batch 16 --seed 0 \
   --resume --out "$OUT"
-"$PYTHON" -m demo.analyses.featurevis.shipped "$OUT" models/featurevis
+"$PYTHON" -m demo.featurevis_pack "$OUT" models/featurevis
 # 3. The README's figure: four conv5_3 units' pictures beside their projections on the CC0 cat, and the same units
 #    made again on cascading-randomized models (prints the objective each reaches).
-"$PYTHON" -m demo.analyses.featurevis.figure examples/chelsea.png --steps 64 --size 96 --pictures "$OUT" \
+"$PYTHON" -m demo.featurevis_figure examples/chelsea.png --steps 64 --size 96 --pictures "$OUT" \
   --out docs/featurevis_chelsea.png

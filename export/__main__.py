@@ -16,8 +16,8 @@ import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from demo.cli import add_debug_option, run_cli
-from model import spec
+from base import spec
+from base.cli import add_debug_option, run_cli
 
 try:
     import torch

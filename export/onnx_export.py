@@ -1,14 +1,14 @@
 """A VGG (batch norm folded) -> one self-contained .onnx file that a deconvnet can run on without PyTorch.
 
 The graph takes ``image`` (N, 3, H, W) float32, normalised RGB, with N, H and W dynamic (H and W multiples of
-16), and returns, named by ``model.spec.OUTPUT_NAMES``:
+16), and returns, named by ``base.spec.OUTPUT_NAMES``:
 
 - ``probs`` (N, K): softmax of the logits,
 - ``conv1_1`` ... ``conv5_3`` (N, C, H', W'): every conv activation after its ReLU,
 - ``pool1_switches`` ... ``pool4_switches`` (N, C, H'/2, W'/2) int64: the switches, per-plane indices
-  (``model.spec.SWITCH_CONVENTION``).
+  (``base.spec.SWITCH_CONVENTION``).
 
-The file's metadata (``metadata_props``, JSON values, keys ``model.spec.META_*``) carries the class names,
+The file's metadata (``metadata_props``, JSON values, keys ``base.spec.META_*``) carries the class names,
 mean/std, input size, layer names, switch convention and a short model card.
 
 ``export_onnx`` checks its own output before it reports success: the ONNX checker, then onnxruntime against
@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model import spec
-from model.vgg import VGG, fold_batch_norm
+from base import spec
+from model.vgg import VGG, adaptive_pool_matrix, fold_batch_norm
 
 ATOL = 1e-4  # largest allowed |onnxruntime - torch| of a float output (scaled by its magnitude above 1)
 GRAPH_NAME = "vgg16_deconvnet"
@@ -47,21 +47,6 @@ class ExportCheckError(RuntimeError):
     def __init__(self, message: str, report: dict) -> None:
         super().__init__(message)
         self.report = report
-
-
-def adaptive_pool_matrix(size: int | torch.SymInt, out: int) -> Tensor:
-    """(out, size) averaging matrix of ``F.adaptive_avg_pool2d`` along one axis of length ``size``.
-
-    Bin i averages rows floor(i * size / out) ... ceil((i + 1) * size / out) - 1, PyTorch's definition. Built
-    from ``arange`` so that ``size`` may be symbolic: the exporter then keeps H and W dynamic, which it does not
-    for ``adaptive_avg_pool2d`` itself (it bakes in the kernel of the example input).
-    """
-    i = torch.arange(out)
-    start = torch.div(i * size, out, rounding_mode="floor")
-    end = torch.div((i + 1) * size + out - 1, out, rounding_mode="floor")
-    r = torch.arange(size)
-    mask = ((r[None, :] >= start[:, None]) & (r[None, :] < end[:, None])).to(torch.float32)
-    return mask / mask.sum(dim=1, keepdim=True)
 
 
 def adaptive_avg_pool(x: Tensor, out: tuple[int, int]) -> Tensor:

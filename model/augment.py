@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision import transforms
 
-from model.spec import MEAN, SIZE_MULTIPLE, STD
+from base.spec import MEAN, SIZE_MULTIPLE, STD
 
 # --- transforms -------------------------------------------------------------------------------------------------
 

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from demo.cli import UsageError, atomic_write
+from base.cli import UsageError, atomic_write
 
 if TYPE_CHECKING:
-    from model.train import TrainConfig
+    from model.config import TrainConfig
 
 # On --resume the run's saved settings are kept; only these may be given anew (how long, on what, with what data).
 RESUME_OVERRIDES = ("epochs", "workers", "device", "threads", "data")
@@ -30,7 +30,7 @@ RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "curves.png", "config.json", "
 
 
 def save_checkpoint(checkpoint: dict, path: str | Path) -> None:
-    """torch.save ``checkpoint`` atomically (``demo.cli.atomic_write``): the old file or the new one, never half."""
+    """torch.save ``checkpoint`` atomically (``base.cli.atomic_write``): the old file or the new one, never half."""
     atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
 

@@ -1,11 +1,6 @@
-"""The cat-12 data: label files and ImageFolder trees, robust image loading, a duplicate-safe split.
+"""The cat-12 data for training: robust image loading, a duplicate-safe split, the training data set.
 
-Two layouts are read:
-
-- a label file with one ``path<TAB>label`` line per image (cat-12's ``train_list.txt``); paths are resolved
-  against the label file's folder; spaces instead of the tab, CRLF line ends, a UTF-8 BOM and blank lines are
-  tolerated, anything else is an error naming the file and the line;
-- an ImageFolder tree: one sub-folder per class, classes in sorted order.
+Which files carry which class (label files, ImageFolder trees) is ``base.labels``.
 """
 
 from __future__ import annotations
@@ -17,100 +12,22 @@ import re
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from model import images
-from model.images import IMAGE_EXTENSIONS
-from model.spec import CAT12_BREEDS, default_class_names
+from base import images
+from base.labels import Sample, find_samples
+from base.spec import CAT12_BREEDS, default_class_names
 
 if TYPE_CHECKING:
-    from model.train import TrainConfig
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One labelled image: its file, its class index, and the label file's line that named it (0: none)."""
-
-    path: Path
-    label: int
-    line: int = field(default=0, compare=False)
-
-
-def parse_label_file(path: str | Path, num_classes: int | None = None) -> list[Sample]:
-    """Read ``path<TAB>label`` lines; relative paths are resolved against the label file's folder.
-
-    ``num_classes``: labels must lie in ``0 .. num_classes - 1`` (an error naming the file and line otherwise).
-    """
-    path = Path(path)
-    samples = []
-    text = path.read_text(encoding="utf-8-sig")  # drops a BOM
-    for number, raw in enumerate(text.splitlines(), start=1):  # splitlines handles CRLF
-        line = raw.strip()
-        if not line:
-            continue
-        # Tab-separated: exactly two fields (a third column is an error, not part of the path). Without a tab the
-        # label is the last whitespace-separated field, so a path may contain spaces.
-        parts = [f for f in line.split("\t") if f.strip()] if "\t" in line else line.rsplit(None, 1)
-        if len(parts) != 2 or not parts[0].strip() or not parts[1].strip().lstrip("-").isdigit():
-            raise ValueError(f"{path}:{number}: expected 'image_path<TAB>integer_label', got {raw!r}")
-        label = int(parts[1])
-        if label < 0:
-            raise ValueError(f"{path}:{number}: negative label {label}")
-        if num_classes is not None and label >= num_classes:
-            raise ValueError(f"{path}:{number}: label {label} is outside the {num_classes} classes 0-{num_classes - 1} "
-                             "(set the number of classes with --classes)")
-        samples.append(Sample(path.parent / parts[0].strip(), label, number))
-    if not samples:
-        raise ValueError(f"{path}: no labelled images")
-    return samples
-
-
-def write_label_file(samples: Sequence[Sample], path: str | Path) -> None:
-    """Write ``absolute_path<TAB>label`` lines that :func:`parse_label_file` reads back unchanged."""
-    lines = [f"{Path(s.path).resolve()}\t{s.label}\n" for s in samples]
-    Path(path).write_text("".join(lines), encoding="utf-8")
-
-
-def scan_image_folder(root: str | Path) -> tuple[list[Sample], list[str]]:
-    """Samples of an ImageFolder tree (one sub-folder per class) and the class names, sorted."""
-    root = Path(root)
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
-        raise ValueError(f"{root}: no class folders")
-    samples = [
-        Sample(p, label)
-        for label, name in enumerate(classes)
-        for p in sorted((root / name).rglob("*"))
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-    ]
-    return samples, classes
-
-
-def find_samples(data: str | Path, num_classes: int | None = None) -> tuple[list[Sample], list[str] | None]:
-    """Samples of a label file, of a folder holding ``train_list.txt``, or of an ImageFolder tree.
-
-    Returns the samples and the class names when the layout names them (ImageFolder), else None.
-    ``num_classes``: the labels must lie in ``0 .. num_classes - 1`` (an ImageFolder must have that many classes).
-    """
-    data = Path(data)
-    if data.is_file():
-        return parse_label_file(data, num_classes), None
-    if (data / "train_list.txt").is_file():
-        return parse_label_file(data / "train_list.txt", num_classes), None
-    if data.is_dir():
-        samples, classes = scan_image_folder(data)
-        if num_classes is not None and len(classes) != num_classes:
-            raise ValueError(f"{data}: {len(classes)} class folders, but {num_classes} classes were asked for")
-        return samples, classes
-    raise FileNotFoundError(f"{data}: no such label file or folder")
+    from model.config import TrainConfig
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """Open an image file as 8-bit RGB through the one safe decoding path (``model.images``); ``ImageError``
+    """Open an image file as 8-bit RGB through the one safe decoding path (``base.images``); ``ImageError``
     (a ValueError naming the file and the reason) when it is not a usable image."""
     return images.open_image(path)
 
@@ -250,3 +167,80 @@ def load_data(config: TrainConfig, progress: bool) -> Data:
     if getattr(config, "shuffle_labels", False):
         train_samples = shuffle_labels(train_samples, config.seed)
     return Data(train_samples, val_samples, class_names_for(config.data, found, num_classes), len(samples))
+
+
+# --- the split as a file: ``python -m model.data --split`` -------------------------------------------------------
+
+@dataclass
+class SplitConfig:
+    """One listing of the split; every field is a command-line option of the same name."""
+
+    data: str  # label file, folder holding train_list.txt, or ImageFolder tree
+    out: str  # the list to write
+    val_fraction: float = 0.2
+    seed: int = 0
+    part: str = "val"  # val (held out) or train
+    classes: int | None = None
+
+
+def data_root(data: str | Path) -> Path:
+    """The folder the paths of ``data`` are written relative to: a label file's folder, else ``data`` itself."""
+    data = Path(data)
+    return data.parent if data.is_file() else data
+
+
+def split_lines(samples: Sequence[Sample], root: str | Path) -> list[str]:
+    """``relative_path<TAB>label`` lines, paths relative to ``root`` in POSIX form (as in cat-12's label file)."""
+    root = Path(root).resolve()
+    return [f"{Path(s.path).resolve().relative_to(root).as_posix()}\t{s.label}\n" for s in samples]
+
+
+def write_split(config: SplitConfig, progress: bool = True) -> tuple[list[Sample], list[Sample]]:
+    """Read ``config.data``, drop unreadable images, split as training does (``split_samples``, same seed and
+    fraction) and write ``config.part``'s ``relative_path<TAB>label`` lines to ``config.out``: file names and
+    labels, no pixels. Returns (train, val). Needs no torch."""
+    if not 0 <= config.val_fraction < 1:
+        raise ValueError(f"--val-fraction must be in [0, 1), got {config.val_fraction}")
+    if config.part not in ("val", "train"):
+        raise ValueError(f"--part must be val or train, got {config.part!r}")
+    classes = config.classes or (len(CAT12_BREEDS) if is_cat12(config.data) else None)
+    samples, _ = find_samples(config.data, classes)
+    samples, digests = check_images(samples, progress=progress)
+    train, val = split_samples(samples, digests, config.val_fraction, config.seed)
+    lines = split_lines(val if config.part == "val" else train, data_root(config.data))
+    out = Path(config.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(lines), encoding="utf-8")
+    print(f"wrote {len(lines)} {config.part} paths ({len(train)} train, {len(val)} val; seed {config.seed}, "
+          f"val fraction {config.val_fraction}) to {out}")
+    return train, val
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m model.data --split``: the exit status (0 written, 2 bad input)."""
+    import argparse
+
+    from base.cli import run_cli
+
+    p = argparse.ArgumentParser(
+        prog="python -m model.data",
+        description="Write the duplicate-safe train/validation split that `python -m model.train` uses (the same "
+                    "split_samples, seed and fraction) as a list of 'relative_path<TAB>label' lines, without "
+                    "training and without torch. Paths are relative to the label file's folder (or the ImageFolder "
+                    "root). Bad input is one 'error:' line and exit status 2.")
+    p.add_argument("--split", action="store_true", required=True, help="write the split (the only action)")
+    p.add_argument("--data", required=True,
+                   help="label file, folder holding train_list.txt, or ImageFolder tree (e.g. ../shared/data/cat12)")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="share of each class held out (default: 0.2)")
+    p.add_argument("--seed", type=int, default=0, help="the training run's --seed (default: 0)")
+    p.add_argument("--part", choices=("val", "train"), default="val",
+                   help="which side to write (default: val, the held-out images)")
+    p.add_argument("--classes", type=int, default=None, help="number of classes (default: from the data)")
+    p.add_argument("--out", required=True, metavar="FILE", help="the list to write")
+    args = p.parse_args(argv)
+    config = SplitConfig(args.data, args.out, args.val_fraction, args.seed, args.part, args.classes)
+    return run_cli(write_split, config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

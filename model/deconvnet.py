@@ -1,13 +1,13 @@
 """The deconvnet of Zeiler & Fergus, "Visualizing and Understanding Convolutional Networks" (arXiv 1311.2901).
 
-A PyTorch reference: the NumPy stage in ``demo/deconv_numpy.py`` must match it, and it must match independent
+A PyTorch reference: the NumPy stage in ``demo/backward/deconvnet.py`` must match it, and it must match independent
 definitions (autograd's backward pass with each ReLU's backward replaced by the rule's; ``tests/test_deconvnet.py``,
 ``tests/test_rules.py``, ``tests/test_class_projection.py``).
 
 The recipe, from a chosen conv layer down to pixel space (Sec. 2.1 of the paper). Start from the chosen
 feature maps of the layer (after its ReLU); then, for that layer and each conv layer below it:
 
-1. back through the layer's ReLU by the backward rule (``model.spec.RULES``), with s the signal arriving from
+1. back through the layer's ReLU by the backward rule (``base.spec.RULES``), with s the signal arriving from
    above and a the ReLU's forward output (the post-ReLU activation, > 0 exactly where the ReLU's input is):
 
    - ``"deconvnet"`` (the default): relu(s), the paper's "rectification"; the forward pass reaches the picture
@@ -17,7 +17,7 @@ feature maps of the layer (after its ReLU); then, for that layer and each conv l
    - ``"gradient"``: s where a > 0, the ReLU's derivative (Simonyan et al. 2014, "Deep Inside Convolutional
      Networks", arXiv 1312.6034): a signal S placed at layer L projects to d <S, a_L(x)> / dx;
 
-   a rule per layer is a sequence or a dict keyed by conv name (``model.spec.layer_rules``),
+   a rule per layer is a sequence or a dict keyed by conv name (``base.spec.layer_rules``),
 2. the transposed convolution with the layer's own 3x3 weights (batch norm folded in), *without bias*: the
    deconvnet maps signals, not the forward pass's offsets,
 3. if a 2x2 max-pool feeds the layer, unpooling with that pool's switches (each value goes back to the
@@ -43,11 +43,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.spec import CONV_LAYERS, HEAD_RELUS, RULES, SIZE_MULTIPLE, Rule, layer_rules, pool_below, stride_of
-from model.vgg import VGG
+from base.spec import (
+    CONV_LAYERS,
+    HEAD_RELUS,
+    POOLED_SIZE,
+    RULES,
+    SIZE_MULTIPLE,
+    Rule,
+    layer_rules,
+    pool_below,
+    stride_of,
+)
+from model.vgg import VGG, adaptive_pool_matrix
 
 MODES = ("layer", "channel", "topk")
-POOLED_SIZE = 7  # torchvision's adaptive average pool output side
 
 
 @dataclass
@@ -154,18 +163,6 @@ def top_channels(activation: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return channels, values
 
 
-def adaptive_pool_matrix(size: int, out: int = POOLED_SIZE) -> Tensor:
-    """(out, size) float32 averaging matrix of ``F.adaptive_avg_pool2d`` along one axis of length ``size``.
-
-    Bin i averages positions floor(i * size / out) ... ceil((i + 1) * size / out) - 1.
-    """
-    i = torch.arange(out)
-    start, end = (i * size) // out, ((i + 1) * size + out - 1) // out
-    r = torch.arange(size)
-    mask = ((r >= start[:, None]) & (r < end[:, None])).float()
-    return mask / mask.sum(dim=1, keepdim=True)
-
-
 def head_backward(feature: Tensor, classes: Tensor, kind: str, linears: Sequence[tuple[Tensor, Tensor]],
                   rules: Mapping[str, str]) -> tuple[Tensor, Tensor]:
     """d logit / d conv5_3 of class ``classes[n]`` (N,) of each image, and the logits (N,).
@@ -199,7 +196,7 @@ class Deconvnet:
     """Projects conv activations and class scores of a :class:`~model.vgg.VGG` back to pixel space.
 
     The weights are taken once (batch norm folded), so the deconvnet sees plain convolutions. Every projection
-    takes ``rule`` (``model.spec.RULES``, or one per layer, see ``model.spec.layer_rules``).
+    takes ``rule`` (``base.spec.RULES``, or one per layer, see ``base.spec.layer_rules``).
     """
 
     def __init__(self, model: VGG) -> None:

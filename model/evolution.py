@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from demo.cli import atomic_write
+from base.cli import atomic_write
 from model.vgg import VGG
 
 
@@ -32,7 +32,7 @@ def save_layer_grid(images: dict[str, np.ndarray], path: Path, title: str) -> No
     """One PNG: a row per probe image, a column per layer (each (P, 3, H, W)); each tile min-max stretched."""
     import matplotlib
 
-    from demo.display import reconstruction_image
+    from base.display import reconstruction_image
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

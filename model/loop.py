@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
-from demo.cli import UsageError
+from base.cli import UsageError
+from base.labels import write_label_file
 from model.augment import (
     MixSettings,
     make_transforms,
@@ -49,12 +50,12 @@ from model.checkpoint import (
     save_checkpoint,
     write_metrics,
 )
-from model.data import Data, ImageDataset, load_data, load_image, write_label_file
+from model.data import Data, ImageDataset, load_data, load_image
 from model.ema import ModelEMA
 from model.vgg import VGG
 
 if TYPE_CHECKING:
-    from model.train import TrainConfig
+    from model.config import TrainConfig
 
 # --- one epoch --------------------------------------------------------------------------------------------------
 
@@ -251,7 +252,7 @@ def restore(run: Run, state: dict, path: Path) -> None:
 def prepare(config: TrainConfig, given: set[str] | None = None) -> tuple[Run, dict | None]:
     """Check the run folder, data and checkpoint and build the run; nothing in ``config.out`` is changed yet.
 
-    ``config``'s values are taken as checked (``model.train.config_problems``).
+    ``config``'s values are taken as checked (``model.config.config_problems``).
     """
     config, state = resolve_resume(config, given)
     check_run_folder(config)

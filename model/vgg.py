@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.spec import CFG_VGG16, CONV_LAYERS, FEATURE_CHANNELS, NUM_CLASSES, conv_channels
+from base.spec import CFG_VGG16, CONV_LAYERS, FEATURE_CHANNELS, NUM_CLASSES, POOLED_SIZE, conv_channels
 
 HEADS = ("gmp", "torchvision")
 
@@ -114,7 +114,7 @@ class VGG(nn.Module):
         if self.head == "gmp":
             x = torch.amax(x, dim=(2, 3))  # global max-pool
         else:
-            x = F.adaptive_avg_pool2d(F.max_pool2d(x, 2, 2), (7, 7)).flatten(1)
+            x = F.adaptive_avg_pool2d(F.max_pool2d(x, 2, 2), (POOLED_SIZE, POOLED_SIZE)).flatten(1)
         return self.classifier(x)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -131,6 +131,21 @@ class VGG(nn.Module):
         with torch.no_grad():
             return {name: _folded(conv, self.bns[name] if self.batch_norm else None)
                     for name, conv in self.convs.items()}
+
+
+def adaptive_pool_matrix(size: int | torch.SymInt, out: int = POOLED_SIZE) -> Tensor:
+    """(out, size) float32 averaging matrix of ``F.adaptive_avg_pool2d`` along one axis of length ``size``.
+
+    Bin i averages rows floor(i * size / out) ... ceil((i + 1) * size / out) - 1, PyTorch's definition. Built
+    from ``arange`` so that ``size`` may be symbolic: the exporter then keeps H and W dynamic, which it does not
+    for ``adaptive_avg_pool2d`` itself (it bakes in the kernel of the example input).
+    """
+    i = torch.arange(out)
+    start = torch.div(i * size, out, rounding_mode="floor")
+    end = torch.div((i + 1) * size + out - 1, out, rounding_mode="floor")
+    r = torch.arange(size)
+    mask = ((r[None, :] >= start[:, None]) & (r[None, :] < end[:, None])).to(torch.float32)
+    return mask / mask.sum(dim=1, keepdim=True)
 
 
 def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[Tensor, Tensor]:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from model.spec import CONV_LAYERS
+from base.spec import CONV_LAYERS
 
-AFTER_POOL = {"conv2_1", "conv3_1", "conv4_1", "conv5_1"}  # written out here, not taken from model.spec
+AFTER_POOL = {"conv2_1", "conv3_1", "conv4_1", "conv5_1"}  # written out here, not taken from base.spec
 
 
 def rel_err(a, b) -> float:

@@ -142,3 +142,59 @@ def encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **kwargs)
     return buffer.getvalue()
+
+
+@pytest.fixture
+def one_thread():
+    """Training with threads=1 sets torch's thread count for the whole process: put it back afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield 1
+    torch.set_num_threads(before)
+
+
+def tinted_data(root: Path, classes: int = 3, per_class: int = 4, folder: str = "images",
+                png_last: bool = False) -> Path:
+    """A cat-12-style folder: ``root/train_list.txt`` and ``classes * per_class`` 48x40 JPEG images under
+    ``root/folder``, each tinted by its class (so that a tiny model can learn them); ``png_last``: the last image
+    of each class is a PNG."""
+    lines = []
+    for label in range(classes):
+        for i in range(per_class):
+            pixels = np.random.default_rng(10 * label + i).integers(0, 60, (40, 48, 3), dtype=np.uint8)
+            pixels[..., label % 3] += 150
+            name = f"{folder}/{label}_{i}.{'png' if png_last and i == per_class - 1 else 'jpg'}"
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(root / name)
+            lines.append(f"{name}\t{label}")
+    (root / "train_list.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def onnx_outputs(model, side: int, seed: int, tensors: bool = False) -> tuple:
+    """onnxruntime's activations and switches for two random (seeded) side x side images; with ``tensors`` also
+    both as torch tensors: (acts, switches[, torch acts, torch switches])."""
+    x = np.random.default_rng(seed).standard_normal((2, 3, side, side), dtype=np.float32)
+    _, acts, switches = model.run(x)
+    if not tensors:
+        return acts, switches
+    import torch
+
+    return acts, switches, {k: torch.from_numpy(v) for k, v in acts.items()}, \
+        {k: torch.from_numpy(v) for k, v in switches.items()}
+
+
+@pytest.fixture(scope="session")
+def ray_runtime():
+    """One local Ray runtime of 2 workers (CPUs) for the whole session, shut down at the end; skips when Ray is
+    not installed (it is an optional extra: requirements-ray.txt)."""
+    ray = pytest.importorskip("ray", reason="Ray is optional: pip install -r requirements-ray.txt")
+    import logging
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}})
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

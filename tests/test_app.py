@@ -18,16 +18,17 @@ import pytest
 from conftest import ROOT, TINY_SIZE, encoded, make_image, png_header
 from PIL import Image, ImageOps
 
+from base.display import GREY, map_image, reconstruction_image
+from base.images import Limits
+from base.spec import CONV_LAYERS, MEAN, STD, conv_channels, field_box, receptive_field
 from demo import display
 from demo.app import paper, views
 from demo.app.inputs import InputError, decode, open_upload
 from demo.app.pipeline import Pipeline, PipelineConfig, top_predictions
 from demo.app.text import Timings
-from demo.deconv_numpy import Deconvnet, top_channels
+from demo.backward.deconvnet import Deconvnet, top_channels
 from demo.display import GridLayout, feature_grid
 from demo.preprocess import deprocess, preprocess, to_rgb
-from model.images import Limits
-from model.spec import CONV_LAYERS, MEAN, STD, conv_channels, field_box, receptive_field
 
 # --- inputs, good and bad ---------------------------------------------------------------------------------------
 
@@ -174,7 +175,7 @@ def test_feature_grid_tiles_each_channel_where_the_layout_says():
             y, x = row * (layout.tile_h + layout.gap), col * (layout.tile_w + layout.gap)
             assert layout.channel_at(x + layout.tile_w // 2, y + layout.tile_h // 2) == c
             tile = picture[y : y + layout.tile_h, x : x + layout.tile_w]
-            alone, _ = display.map_image(act[c], "minmax")
+            alone, _ = map_image(act[c], "minmax")
             if layout.tile_h >= side:
                 expected = display.upscale(alone, layout.tile_h // side)
                 assert np.array_equal(tile, expected)
@@ -218,7 +219,7 @@ def test_analyse_streams_13_layers_that_match_the_deconvnet(pipeline, onnx_model
     for (path, _), name in zip(final.layers, CONV_LAYERS, strict=True):
         expected = deconvnet.project(acts, switches, name, "layer").images[0]
         np.testing.assert_allclose(data[f"{name}/layer/deconvnet"], expected, rtol=1e-5, atol=1e-6)
-        picture, _ = display.reconstruction_image(data[f"{name}/layer/deconvnet"], "signed")
+        picture, _ = reconstruction_image(data[f"{name}/layer/deconvnet"], "signed")
         assert np.array_equal(np.asarray(Image.open(path)), picture)  # the PNG holds exactly the display picture
     assert final.timings.forward > 0 and final.timings.deconvnet > 0 and final.timings.encoding > 0
 
@@ -255,7 +256,7 @@ def test_explore_shows_the_k_strongest_channels_each_projected_alone(pipeline, o
     c = int(channels[0, 2])
     view = views.channel(pipeline, cat_png, layer, c, "minmax")
     expected = Deconvnet(onnx_model.weights).project(acts, switches, layer, "channel", channel=c).images[0]
-    picture, _ = display.reconstruction_image(expected, "minmax")
+    picture, _ = reconstruction_image(expected, "minmax")
     assert np.array_equal(np.asarray(Image.open(view.projection)), display.upscale(picture, 7))
     assert view.value == pytest.approx(float(acts[layer][0, c].max()))
     assert f"channel {c}" in view.caption
@@ -405,7 +406,7 @@ def test_good_path_returns_prediction_13_layers_and_timings(client, onnx_model, 
     assert [item["caption"] for item in gallery] == list(CONV_LAYERS)
     deconvnet = Deconvnet(onnx_model.weights)
     for item, layer in zip(gallery, CONV_LAYERS, strict=True):
-        expected, _ = display.reconstruction_image(deconvnet.project(acts, switches, layer, "layer").images[0])
+        expected, _ = reconstruction_image(deconvnet.project(acts, switches, layer, "layer").images[0])
         assert np.array_equal(picture(item["image"]), expected)
     assert picture(network_input).shape == (224, 224, 3)  # enlarged for the page
     data = np.load(io.BytesIO(fetch(npz)))
@@ -627,8 +628,8 @@ def tabs(demo) -> list[str]:
 
 def test_no_atlas_tab_without_atlas(app):
     _, demo, _ = app
-    assert tabs(demo) == ["All layers", "Layer explorer", "Classes", "Rules", "Occlusion", "Invariance",
-                          "Model health", "Sanity checks"]
+    assert tabs(demo) == ["All layers", "Layer explorer", "Units", "Classes", "Rules", "Occlusion", "Invariance",
+                          "Model health", "Sanity checks", "Evidence"]
     assert "atlas" not in {fn.api_name for fn in demo.fns.values()}
 
 
@@ -650,12 +651,12 @@ def atlas_dir(tiny_onnx, tmp_path_factory) -> Path:
 def test_atlas_tab_shows_the_atlas(tiny_onnx, onnx_model, atlas_dir):
     from gradio_client.exceptions import AppError
 
-    from demo.analyses.atlas import read
+    from demo.analyses.atlas import read, render
 
     atlas = read.Atlas(atlas_dir)
     ranked = atlas.ranked_channels("conv1_2").tolist()
     with running_app(tiny_onnx, atlas=str(atlas_dir)) as (url, demo, pipeline):
-        assert tabs(demo)[-3:] == ["Atlas", "Model health", "Sanity checks"]
+        assert tabs(demo)[2] == "Units" and tabs(demo)[-4:] == ["Atlas", "Model health", "Sanity checks", "Evidence"]
         dropdowns = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None) in
                      ("atlas-layer", "atlas-channel")}
         assert dropdowns["atlas-layer"].choices == [("conv1_2", "conv1_2")]
@@ -667,7 +668,7 @@ def test_atlas_tab_shows_the_atlas(tiny_onnx, onnx_model, atlas_dir):
         direct, direct_caption = paper.atlas_view(pipeline, atlas_dir, "conv1_2", channel)
         np.testing.assert_array_equal(picture(shown), np.asarray(Image.open(direct)))
         assert caption == direct_caption == atlas.caption("conv1_2", channel)
-        np.testing.assert_array_equal(picture(shown), read.atlas_view(atlas_dir, "conv1_2", channel, onnx_model))
+        np.testing.assert_array_equal(picture(shown), render.atlas_view(atlas_dir, "conv1_2", channel, onnx_model))
         assert f"conv1_2 channel {channel}" in caption and picture(shown).ndim == 3
         with pytest.raises(AppError, match="not in the list of choices"):
             client.predict("conv5_3", 0, api_name="/atlas")
@@ -717,12 +718,12 @@ def test_two_models_side_by_side(tiny_onnx, other_onnx, cat_png):
         assert out[5]["label"] == next(iter(top_predictions(probs[0], other.class_names)))
         expected = Deconvnet(other.weights).project(acts, switches, "conv3_2", "layer").images[0]
         shown = picture(theirs[CONV_LAYERS.index("conv3_2")]["image"])
-        np.testing.assert_array_equal(shown, display.reconstruction_image(expected, "minmax")[0])
+        np.testing.assert_array_equal(shown, reconstruction_image(expected, "minmax")[0])
         view = client.predict(handle_file(str(cat_png)), "conv4_2", 17, "minmax", "crop", api_name="/channel")
         assert view[0] == 17 and "channel 17" in view[5] and "other.onnx" in view[-1] and "channel 17" in view[-1]
         twin = Deconvnet(other.weights).project(acts, switches, "conv4_2", "channel", channel=17).images[0]
         np.testing.assert_array_equal(picture(view[7]),
-                                      display.upscale(display.reconstruction_image(twin, "minmax")[0], 7))
+                                      display.upscale(reconstruction_image(twin, "minmax")[0], 7))
 
 
 def test_analyse_api_returns_one_result_while_the_page_streams(app, client, cat_png):
@@ -754,7 +755,7 @@ def test_every_view_takes_the_rule(pipeline, onnx_model, cat_png, rule):
     assert not np.array_equal(np.asarray(Image.open(final.layers[-1][0])), np.asarray(Image.open(other.layers[-1][0])))
     view = views.channel(pipeline, cat_png, "conv3_1", 5, "signed", "crop", rule)
     single = deconvnet.project(acts, switches, "conv3_1", "channel", channel=5, rule=rule).images[0]
-    shown = display.upscale(display.reconstruction_image(single, "signed")[0], 7)
+    shown = display.upscale(reconstruction_image(single, "signed")[0], 7)
     assert np.array_equal(np.asarray(Image.open(view.projection)), shown)
     with pytest.raises(InputError, match="backward rule"):
         views.analyse_all(pipeline, cat_png, "minmax", "crop", "lrp")
@@ -782,7 +783,7 @@ def test_classes_view_projects_the_predicted_and_the_picked_class(pipeline, onnx
         view = views.classes(pipeline, cat_png, picked, "minmax", "crop", "gradient")
         assert view.predicted[1].startswith(names[order[0]]) and view.picked[1].startswith(names[expected])
         images, logits = deconvnet.project_class(acts, switches, expected, "gradient")
-        shown = display.upscale(display.reconstruction_image(images[0], "minmax")[0], 7)
+        shown = display.upscale(reconstruction_image(images[0], "minmax")[0], 7)
         assert np.array_equal(np.asarray(Image.open(view.picked[0])), shown)
         assert f"logit {logits[0]:.3g}" in view.picked[1]
     for bad in ("Tiger", 12, -1, 2.5):
@@ -840,14 +841,14 @@ def test_rules_compared_shows_both_rules_and_their_difference(pipeline, onnx_mod
     a = deconvnet.project(acts, switches, "conv4_2", "layer", rule="deconvnet").images[0]
     b = deconvnet.project(acts, switches, "conv4_2", "layer", rule="gradient").images[0]
     shown = lambda path: np.asarray(Image.open(path))  # noqa: E731
-    assert np.array_equal(shown(r.first), display.upscale(display.reconstruction_image(a, "minmax")[0], 7))
-    assert np.array_equal(shown(r.second), display.upscale(display.reconstruction_image(b, "minmax")[0], 7))
+    assert np.array_equal(shown(r.first), display.upscale(reconstruction_image(a, "minmax")[0], 7))
+    assert np.array_equal(shown(r.second), display.upscale(reconstruction_image(b, "minmax")[0], 7))
     diff = a / np.abs(a).max() - b / np.abs(b).max()
-    assert np.array_equal(shown(r.difference), display.upscale(display.reconstruction_image(diff, "signed")[0], 7))
+    assert np.array_equal(shown(r.difference), display.upscale(reconstruction_image(diff, "signed")[0], 7))
     spearman_abs, spearman, ssim = similarity(a, b)
     assert f"{spearman_abs:.2f} of |map| and {spearman:.2f} signed, SSIM {ssim:.2f}" in r.caption
     same = views.rule_difference(pipeline, cat_png, "class", "guided", "guided")
-    assert (shown(same.difference) == display.GREY).all() and "1.00 of |map|" in same.caption
+    assert (shown(same.difference) == GREY).all() and "1.00 of |map|" in same.caption
     with pytest.raises(InputError, match="layer"):
         views.rule_difference(pipeline, cat_png, "fc8")
 

@@ -76,7 +76,7 @@ def good(tmp_path_factory) -> list[Path]:
 
 
 def test_the_corpus_is_large_and_really_bad(corpus):
-    from model.images import ImageError, open_image
+    from base.images import ImageError, open_image
 
     assert len(corpus) >= 15
     for path in corpus:

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from test_app import running_app
 
+from base.spec import CONV_LAYERS
 from demo.app import views
 from demo.app.pipeline import top_predictions
-from model.spec import CONV_LAYERS
 
 pytestmark = pytest.mark.browser
 

@@ -22,12 +22,12 @@ from conftest import TINY_SIZE, check_images, random_bn_vgg
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from demo.deconv_numpy import Deconvnet
-from demo.head_numpy import Head, HeadPass, adaptive_pool_matrix, head_backward, head_forward, max_pool_2x2
+from base.spec import CONV_LAYERS, RELUS, RULES
+from demo.backward.deconvnet import Deconvnet
+from demo.backward.head import Head, HeadPass, adaptive_pool_matrix, head_backward, head_forward, max_pool_2x2
 from demo.onnx_forward import OnnxModel, head_weights
 from model.deconvnet import Deconvnet as TorchDeconvnet
-from model.deconvnet import adaptive_pool_matrix as torch_adaptive_pool_matrix
-from model.spec import CONV_LAYERS, RELUS, RULES
+from model.vgg import adaptive_pool_matrix as torch_adaptive_pool_matrix
 from model.vgg import fold_batch_norm
 
 REF_TOL, NUMPY_TOL = 1e-5, 1e-4

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from conftest import ROOT, TINY_SIZE, make_image
 
-from demo.deconv_numpy import Deconvnet
+from base import spec
+from base.labels import parse_label_file
+from demo.backward.deconvnet import Deconvnet
 from demo.onnx_forward import DEFAULT_MODEL
 from demo.preprocess import load_image, preprocess
-from model import spec
-from model.data import parse_label_file
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -101,7 +101,7 @@ def test_embedded_default_model_classifies_the_cat_example(tmp_path):
     proc = run("demo.predict", str(cat), "--csv", str(out))
     assert proc.returncode == 0, proc.stderr
     rows = _read_csv(out)
-    from model.spec import CAT12_BREEDS
+    from base.spec import CAT12_BREEDS
 
     assert len(rows) == 1 and rows[0]["breed"] in CAT12_BREEDS
     assert 1 / 12 < float(rows[0]["probability"]) <= 1
@@ -174,6 +174,17 @@ def test_predict_with_flip_tta_reports_both_accuracies(image_folder, tiny_onnx, 
 def test_predict_needs_inputs(tmp_path):
     proc = run("demo.predict", "--csv", str(tmp_path / "x.csv"))
     assert proc.returncode == 2 and "--labels" in proc.stderr
+
+
+def test_predict_on_a_folder_without_images_is_an_error(tiny_onnx, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    out = tmp_path / "out.csv"
+    proc = run("demo.predict", str(empty), "--model", str(tiny_onnx), "--csv", str(out))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == f"error: no images found in {empty}"
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("rule", ["guided", "gradient"])

@@ -1,16 +1,19 @@
-"""What every command line shares (demo/cli.py): exit codes and error lines, atomic writes, threads, options."""
+"""What every command line shares (base/cli.py): exit codes and error lines, atomic writes, threads, options."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from conftest import make_image
 
-from demo import cli
-from model.spec import CONV_LAYERS
+from base import cli
+from base.spec import CONV_LAYERS
 
 
 def test_run_cli_turns_errors_into_one_line_and_a_status(capsys):
@@ -85,9 +88,17 @@ def test_threads_and_session_options(monkeypatch):
     assert cli.cpu_threads() == len(os.sched_getaffinity(0))
     for var in cli.BLAS_THREAD_VARS:
         monkeypatch.delenv(var, raising=False)
-    assert cli.set_threads(3) == 3 and all(os.environ[v] == "3" for v in cli.BLAS_THREAD_VARS)
-    monkeypatch.setenv("OMP_NUM_THREADS", "5")
-    assert cli.set_threads(None) == cli.cpu_threads() and os.environ["OMP_NUM_THREADS"] == "5"  # kept
+    from demo.backward import threads as deconv_threads
+
+    before = deconv_threads.get_threads()
+    try:
+        assert cli.set_threads(3) == 3 and all(os.environ[v] == "3" for v in cli.BLAS_THREAD_VARS)
+        assert deconv_threads.get_threads() == 3  # the NumPy stage follows at run time
+        monkeypatch.setenv("OMP_NUM_THREADS", "5")
+        assert cli.set_threads(None) == cli.cpu_threads() and os.environ["OMP_NUM_THREADS"] == "5"  # kept
+        assert deconv_threads.get_threads() == 3  # OPENBLAS_NUM_THREADS, set above
+    finally:
+        deconv_threads.set_threads(before)
     from demo.onnx_forward import session_options
 
     options = session_options(2)
@@ -104,3 +115,12 @@ def test_common_model_options():
     q = argparse.ArgumentParser()
     cli.add_model_options(q, resize=False)
     assert not hasattr(q.parse_args([]), "resize") and q.parse_args([]).device == "auto"
+
+
+def test_the_cli_helpers_load_no_numpy():
+    """``set_threads`` sizes the BLAS pools only before NumPy loads: importing ``base.cli`` must not load it."""
+    code = "import sys, base.cli\nprint(sorted(m for m in ('numpy', 'PIL') if m in sys.modules))"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

@@ -13,9 +13,10 @@ import pytest
 from conftest import ROOT, TINY_SIZE, make_image
 from PIL import Image
 
+from base import spec
 from demo.analyses.correspondence import cli
 from demo.analyses.correspondence.boxes import PARTS, box_to_input, input_transform, random_box
-from demo.analyses.correspondence.cli import DEFAULT_LAYERS
+from demo.analyses.correspondence.config import DEFAULT_LAYERS
 from demo.analyses.correspondence.figure import correspondence_chart, correspondence_figure
 from demo.analyses.correspondence.measure import (
     correspondence,
@@ -27,7 +28,6 @@ from demo.analyses.correspondence.measure import (
 )
 from demo.analyses.correspondence.table import COLUMNS, read_csv_rows
 from demo.preprocess import fit
-from model import spec
 
 
 def brute_force_delta(sign: np.ndarray) -> float:

@@ -16,18 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.data import (
-    ImageDataset,
-    Sample,
-    check_images,
-    file_digest,
-    find_samples,
-    load_image,
-    parse_label_file,
-    scan_image_folder,
-    split_samples,
-)
-from model.images import to_rgb
+from base.images import to_rgb
+from base.labels import Sample, find_samples, parse_label_file, scan_image_folder
+from model.data import ImageDataset, check_images, file_digest, load_image, split_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 CAT12 = ROOT.parent / "shared" / "data" / "cat12"

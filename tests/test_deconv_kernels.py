@@ -5,7 +5,7 @@
 - hand-computed transposed convolutions of one-hot inputs (the kernel appears, cut by the border), every method;
 - every layer shape of VGG16 (C_out -> C_in) at odd, non-square and tiny sizes, every method, against float64;
 - several rows in windows at offsets (``Place``), the block layouts of F(4x4) (bands of tile rows, groups of
-  rows, a block split by output channels), and the unpooling fused into the copy (hand-computed 4x4, each rule).
+  rows, a block's GEMMs split between threads), and the unpooling fused into the copy (hand-computed 4x4, each rule).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-import demo.deconv_winograd as dw
-from demo.deconv_kernels import METHODS, Place, _deconv_rows, _unpool_into, deconv, prepare_weight, switch_codes
-from demo.deconv_threads import parts
-from model import spec
+import demo.backward.winograd as dw
+from base import spec
+from demo.backward.kernels import METHODS, Place, _deconv_rows, _unpool_into, deconv, prepare_weight, switch_codes
+from demo.backward.threads import parts
 
 LAYER_SHAPES = sorted({(spec.conv_channels(name), ([3] + [spec.conv_channels(n) for n in spec.CONV_LAYERS])[i])
                        for i, name in enumerate(spec.CONV_LAYERS)})  # (C_out, C_in) of VGG16's transposed convs
@@ -142,11 +142,11 @@ def test_rows_in_windows_at_offsets(method):
 
 @pytest.mark.parametrize("tiles,block_bytes,threads", [(1, 1, 1), (4, 1, 1), (1 << 20, 1 << 30, 1), (1, 1, 3),
                                                        (1 << 20, 1 << 30, 4)])
-def test_winograd_blocks_bands_groups_and_channel_parts(monkeypatch, tiles, block_bytes, threads):
-    """Bands of tile rows, groups of whole rows, and blocks split by output channels give the same output."""
+def test_winograd_blocks_bands_groups_and_gemm_groups(monkeypatch, tiles, block_bytes, threads):
+    """Bands of tile rows, groups of whole rows, and blocks whose GEMMs are split between threads give the same
+    output."""
     monkeypatch.setattr(dw, "MIN_BLOCK_TILES", tiles)
     monkeypatch.setattr(dw, "BLOCK_BYTES", block_bytes)
-    monkeypatch.setattr(dw, "MIN_PART_CHANNELS", 2)
     rng = np.random.default_rng(2)
     w = rng.standard_normal((6, 7, 3, 3), dtype=np.float32)
     x = rng.standard_normal((3, 6, 13, 10), dtype=np.float32)

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT
+from conftest import ROOT, onnx_outputs
 
-from demo.deconv_numpy import (
+from base import spec
+from demo.backward.deconvnet import (
     MODES,
     Deconvnet,
     _unpool_rows,
@@ -21,7 +22,6 @@ from demo.deconv_numpy import (
     top_channels,
     unpool,
 )
-from model import spec
 from model.deconvnet import Deconvnet as TorchDeconvnet
 
 RTOL = 1e-4  # the parity bound: max |numpy - torch| / max |torch|
@@ -103,10 +103,7 @@ def test_method_follows_the_channel_counts_and_the_windows(onnx_model):
 @pytest.fixture(scope="module")
 def forward(onnx_model):
     """onnxruntime's outputs for two 32x32 images, as NumPy and as torch tensors."""
-    x = np.random.default_rng(11).standard_normal((2, 3, 32, 32), dtype=np.float32)
-    _, acts, switches = onnx_model.run(x)
-    return acts, switches, {k: torch.from_numpy(v) for k, v in acts.items()}, \
-        {k: torch.from_numpy(v) for k, v in switches.items()}
+    return onnx_outputs(onnx_model, 32, seed=11, tensors=True)
 
 
 def _rel_err(got: np.ndarray, ref: torch.Tensor) -> float:
@@ -158,9 +155,7 @@ def test_single_activation_stays_in_its_receptive_field(onnx_model, forward):
 @pytest.fixture(scope="module")
 def forward64(onnx_model):
     """onnxruntime's outputs for two 64x64 images: room for receptive fields that do not cover the image."""
-    x = np.random.default_rng(5).standard_normal((2, 3, 64, 64), dtype=np.float32)
-    _, acts, switches = onnx_model.run(x)
-    return acts, switches
+    return onnx_outputs(onnx_model, 64, seed=5)
 
 
 def _torch_project_down(tiny_vgg, signal, layer, switches, image_of):
@@ -226,7 +221,7 @@ def test_topk_of_two_images_in_one_pass_matches_pytorch(layer, onnx_model, tiny_
 
 def test_batches_split_into_groups_give_the_same_images(onnx_model, forward64, monkeypatch):
     """Rows together all the way, in groups once windows grow (the default), or split at once: same images."""
-    import demo.deconv_descent as deconv_descent
+    import demo.backward.descent as deconv_descent
 
     acts, switches = forward64
     net = Deconvnet(onnx_model.weights)
@@ -298,7 +293,7 @@ def test_bad_arguments_raise(onnx_model, forward):
 
 
 def test_demo_imports_no_torch():
-    modules = ["demo", "demo.preprocess", "demo.onnx_forward", "demo.deconv_numpy", "demo.display",
+    modules = ["demo", "demo.preprocess", "demo.onnx_forward", "demo.backward.deconvnet", "demo.display",
                "demo.visualize", "demo.predict"]
     code = ("import importlib, pkgutil, sys, demo\n"
             f"names = {modules!r} + ['demo.' + m.name for m in pkgutil.iter_modules(demo.__path__)]\n"

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from autograd_rules import AFTER_POOL, conv_forward, one_hot_strongest, rel_err
 
+from base.spec import CONV_LAYERS
 from model.deconvnet import MODES, Deconvnet, Projection, deconv, project_down, strongest, top_channels, unpool
-from model.spec import CONV_LAYERS
 from model.vgg import VGG, Features
 
 

@@ -7,18 +7,8 @@ import warnings
 import numpy as np
 import pytest
 
-from demo.display import (
-    GREY,
-    NORMS,
-    GridLayout,
-    feature_grid,
-    grid,
-    map_image,
-    merge_channels,
-    normalize,
-    reconstruction_image,
-    tile_images,
-)
+from base.display import GREY, NORMS, map_image, normalize, reconstruction_image
+from demo.display import GridLayout, feature_grid, grid, merge_channels, tile_images
 
 
 def test_minmax_uses_the_maps_own_minimum_when_it_is_above_zero():

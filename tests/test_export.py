@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from conftest import ROOT, TINY_SIZE, check_images
 
+from base import spec
 from export.onnx_export import (
     POOL_INPUT,
     ExportableVGG,
@@ -23,7 +24,6 @@ from export.onnx_export import (
     compare,
     export_onnx,
 )
-from model import spec
 
 
 def _session(path) -> ort.InferenceSession:

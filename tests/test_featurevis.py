@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 
 from demo.analyses.featurevis import transforms
-from demo.analyses.featurevis.cli import load
 from demo.analyses.featurevis.objective import CLASS, Target, parse_targets
-from demo.analyses.featurevis.optimize import Adam, Settings, row_streams, step, visualize
+from demo.analyses.featurevis.optimize import Adam, Settings, load, row_streams, step, visualize
 from demo.analyses.featurevis.param import COLOR_MATRIX, MAGIC, FourierImage, init_spectrum
 
 CLASSES = [f"breed{i}" for i in range(12)]

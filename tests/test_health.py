@@ -20,13 +20,13 @@ import pytest
 from conftest import ROOT, TINY_SIZE, make_image
 from PIL import Image
 
+from base import spec
 from demo.analyses import dataset
 from demo.analyses.health.figure import conv1_filters, normalised_filters
 from demo.analyses.health.files import FILES, load_health, save
 from demo.analyses.health.measure import CSV_COLUMNS, layer_table, measure
 from demo.analyses.health.view import health_view
 from demo.preprocess import load_image, preprocess
-from model import spec
 
 RARE = 0.3  # with 15 images, "rare" = above zero on 1 to 4 of them: not empty on the tiny model
 

@@ -4,7 +4,9 @@ The imports are read from the sources with ``ast`` (lazy imports inside function
 distributions that provide them with ``importlib.metadata.packages_distributions()``. A module is fine when it is
 in the standard library, part of this repository, or provided by a distribution pinned (``name==version``) in
 ``requirements.txt`` or ``requirements-dev.txt``. The app's own closure (``app.py``, ``demo/`` and what they
-import from ``model/``) must be covered by ``requirements.txt`` alone and never reach torch.
+import from ``base/``) must be covered by ``requirements.txt`` alone and never reach torch, except for the optional
+extras (``OPTIONAL_EXTRAS``): each is pinned in its own requirements file, included by ``requirements-dev.txt``,
+and imported only lazily (inside functions) by the one module that uses it.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SOURCE_DIRS = ("demo", "model", "export", "tests", "bench", "docs")
+SOURCE_DIRS = ("base", "demo", "model", "export", "tests", "bench", "docs")
 TORCH_ONLY = ("torch", "torchvision", "onnxscript")  # what requirements-dev.txt adds for training and export
+# optional extras of the app side: top-level module -> (its requirements file, the only module importing it, lazily)
+OPTIONAL_EXTRAS = {"ray": ("requirements-ray.txt", "demo/analyses/ray_engine.py")}
 
 
 def sources() -> list[Path]:
@@ -34,7 +38,7 @@ def sources() -> list[Path]:
 
 def local_names() -> set[str]:
     """Top-level names that resolve inside the repository (packages, app.py, sibling scripts of tests and bench)."""
-    names = {"demo", "model", "export", "app"}
+    names = {"base", "demo", "model", "export", "app"}
     for folder in ("tests", "bench"):
         names |= {p.stem for p in (REPO / folder).glob("*.py")}
     return names
@@ -162,7 +166,7 @@ def test_an_unpinned_import_is_caught(tmp_path):
 def local_closure(start: list[Path]) -> dict[Path, list[str]]:
     """Repository files reachable from ``start`` through imports, with the third-party modules each imports."""
     todo, seen, third_party = list(start), set(), {}
-    stdlib, local = sys.stdlib_module_names, {"demo", "model", "export", "app"}
+    stdlib, local = sys.stdlib_module_names, {"base", "demo", "model", "export", "app"}
     while todo:
         path = todo.pop()
         if path in seen:
@@ -184,12 +188,14 @@ def local_closure(start: list[Path]) -> dict[Path, list[str]]:
 
 
 def app_closure() -> dict[Path, list[str]]:
-    return local_closure([REPO / "app.py", *sorted((REPO / "demo").rglob("*.py"))])
+    return local_closure([REPO / "app.py", *sorted((REPO / "demo").rglob("*.py")),
+                          *sorted((REPO / "base").rglob("*.py"))])
 
 
-def test_the_app_and_demo_never_import_torch_even_through_model():
+def test_the_app_demo_and_base_never_import_torch():
     reached = app_closure()
-    assert REPO / "model" / "spec.py" in reached  # the closure really follows imports into model/
+    assert REPO / "base" / "spec.py" in reached  # the closure really follows imports into base/
+    assert not [p for p in reached if p.is_relative_to(REPO / "model") or p.is_relative_to(REPO / "export")]
     bad = [f"{p.relative_to(REPO)} imports {m}" for p, mods in reached.items() for m in mods
            if m.split(".")[0] in TORCH_ONLY]
     assert bad == []
@@ -198,17 +204,57 @@ def test_the_app_and_demo_never_import_torch_even_through_model():
 def test_requirements_txt_alone_covers_the_app():
     runtime = parse_pins(REPO / "requirements.txt")
     assert not set(TORCH_ONLY) & set(runtime), "torch, torchvision and onnxscript belong in requirements-dev.txt"
-    assert unpinned(sorted(app_closure()), runtime) == []
+    problems = unpinned(sorted(app_closure()), runtime)
+    extras = [p for p in problems if p.split(": ", 1)[1].split(".")[0].split(" ")[0] in OPTIONAL_EXTRAS]
+    assert [p for p in problems if p not in extras] == []
+    for problem in extras:  # an optional extra, reached only from its own module (laziness: the next test)
+        module = problem.split(": ", 1)[1].split(".")[0].split(" ")[0]
+        assert problem.startswith(OPTIONAL_EXTRAS[module][1] + ":"), problem
+
+
+def module_level_imports(path: Path) -> set[str]:
+    """Top-level names a file imports when it is imported (not inside functions or under TYPE_CHECKING)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found, stack = set(), list(tree.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)) or _is_type_checking(node):
+            continue
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.split(".")[0])
+        stack.extend(ast.iter_child_nodes(node))
+    return found
+
+
+def test_optional_extras_are_pinned_apart_and_imported_lazily_by_one_module():
+    runtime, dev = parse_pins(REPO / "requirements.txt"), parse_pins(REPO / "requirements-dev.txt")
+    for module, (requirements, owner) in OPTIONAL_EXTRAS.items():
+        extra = parse_pins(REPO / requirements)
+        assert module in extra and module not in runtime and set(extra) <= set(dev)
+        users = sorted(str(path.relative_to(REPO)) for path in app_closure() if any(
+            m.split(".")[0] == module for m in imported_modules(path)))
+        assert users == [owner]
+        assert module not in module_level_imports(REPO / owner), f"{owner} must import {module} inside functions"
+    probe = "import json\nif True:\n    import ray\n\ndef f():\n    import pandas\n"
+    path = REPO / "demo" / "_lazy_probe_for_tests.py"
+    path.write_text(probe)
+    try:
+        assert module_level_imports(path) == {"json", "ray"}
+    finally:
+        path.unlink()
 
 
 @pytest.mark.parametrize("entry", ["app", "demo.visualize", "demo.predict", "demo.mine", "demo.occlusion",
                                    "demo.invariance", "demo.sanity", "demo.health", "demo.correspondence",
-                                   "demo.atlas_site", "demo.featurevis", "demo.analyses.featurevis.shipped",
-                                   "demo.analyses.featurevis.figure"])
+                                   "demo.atlas_site", "demo.faithfulness", "demo.featurevis",
+                                   "demo.featurevis_pack", "demo.featurevis_figure"])
 def test_entry_points_import_and_run_help_with_torch_blocked(entry):
-    """Each command of the app side imports and answers --help in a process where ``import torch`` fails."""
-    code = ("import sys, runpy\n"
-            "for name in ('torch', 'torchvision', 'onnxscript'):\n"
+    """Each command of the app side imports and answers --help in a process where ``import torch`` (and the optional
+    extras) fail."""
+    code = (f"import sys, runpy\nOPTIONAL = {tuple(OPTIONAL_EXTRAS)!r}\n"
+            "for name in ('torch', 'torchvision', 'onnxscript', *OPTIONAL):\n"
             "    sys.modules[name] = None  # any import of them raises ImportError\n"
             f"sys.argv = ['{entry}', '--help']\n"
             f"runpy.run_module('{entry}', run_name='__main__', alter_sys=True)\n")

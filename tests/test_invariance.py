@@ -1,4 +1,4 @@
-"""Invariance curves (demo/analyses/invariance.py) on the tiny random-weight model: the transforms against their
+"""Invariance curves (demo/analyses/invariance/) on the tiny random-weight model: the transforms against their
 definitions, and the distances and probabilities against a direct computation."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from conftest import ROOT, TINY_SIZE, make_image
 
+from base import spec
 from demo.analyses import invariance
 from demo.preprocess import preprocess
-from model import spec
 
 LAYERS = ("conv1_2", "conv3_3", "conv5_3")
 

@@ -19,14 +19,14 @@ import pytest
 from conftest import ROOT, TINY_SIZE, make_image
 from PIL import Image
 
+from base import spec
 from demo import display
 from demo.analyses import dataset
 from demo.analyses.atlas import STATE_FILE, TILES_DIR, read, render
 from demo.analyses.atlas import cli as atlas_cli
 from demo.analyses.atlas import mine as atlas_mine
-from demo.deconv_numpy import Deconvnet
+from demo.backward.deconvnet import Deconvnet
 from demo.preprocess import deprocess, load_image, preprocess
-from model import spec
 
 K = 9
 BATCH = 4
@@ -82,7 +82,7 @@ def readable(data):
         try:
             images.append(preprocess(load_image(s.path), TINY_SIZE, spec.MEAN, spec.STD)[0])
             ids.append(i)
-        except ValueError:  # model.images.ImageError
+        except ValueError:  # base.images.ImageError
             continue
     return np.array(ids), np.stack(images)
 
@@ -230,7 +230,7 @@ def test_render_some_now_and_the_rest_on_request(data, tiny_onnx, onnx_model, re
     missing = int(np.flatnonzero(~drawn)[0])
     with pytest.raises(FileNotFoundError, match="no picture yet"):
         atlas.view("conv1_1", missing)
-    picture = atlas.view("conv1_1", missing, onnx_model)  # drawn on request, and kept
+    picture = render.atlas_view(atlas, "conv1_1", missing, onnx_model)  # drawn on request, and kept
     np.testing.assert_array_equal(picture, read.Atlas(reference).view("conv1_1", missing))
     assert atlas.rendered("conv1_1").sum() == 6
     cfg.resume, cfg.render = True, "all"
@@ -242,9 +242,9 @@ def test_another_rule_is_drawn_on_request_beside_the_atlas_own(atlas, data, onnx
     view = read.Atlas(atlas)
     layer, channel = "conv2_2", int(view.ranked_channels("conv2_2")[0])
     own = view.view(layer, channel)
-    guided = view.view(layer, channel, onnx_model, "guided")  # drawn now, kept beside the deconvnet picture
+    guided = render.atlas_view(view, layer, channel, onnx_model, "guided")  # drawn now, kept beside the own one
     assert (atlas / layer / f"{channel:04d}.guided.png").is_file() and (atlas / layer / f"{channel:04d}.png").is_file()
-    np.testing.assert_array_equal(view.view(layer, channel, None, "deconvnet"), own)
+    np.testing.assert_array_equal(view.view(layer, channel, "deconvnet"), own)
     side = view.info["layers"][layer]["tile"]
     deconvnet = Deconvnet(onnx_model.weights)
     e = view.entries(layer, channel)[0]
@@ -345,7 +345,7 @@ def test_tiles_are_the_field_cut_from_input_and_projection(atlas, data, onnx_mod
 def test_atlas_reader(atlas):
     view = read.load_atlas(str(atlas.resolve()))
     assert view.layers == ["conv1_2", "conv2_2"] and view.channels("conv2_2") == 128
-    picture = read.atlas_view(atlas, "conv1_2", 3)
+    picture = render.atlas_view(atlas, "conv1_2", 3)
     assert picture.dtype == np.uint8 and picture.ndim == 3 and picture.shape[2] == 3
     order = view.ranked_channels("conv1_2")
     tops = [view.entries("conv1_2", int(c))[0].value if view.entries("conv1_2", int(c)) else 0.0 for c in order]

@@ -1,4 +1,4 @@
-"""Occlusion sensitivity (demo/analyses/occlusion.py) on the tiny random-weight model: every map entry is one forward
+"""Occlusion sensitivity (demo/analyses/occlusion/) on the tiny random-weight model: every map entry is one forward
 pass of the image with the grey square at that place, built here by hand."""
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from conftest import ROOT, TINY_SIZE, make_image
 
+from base import spec
+from base.cli import parse_class
 from demo.analyses import occlusion
 from demo.preprocess import deprocess, load_image, preprocess
-from model import spec
 
 SIZE, STRIDE = 12, 8  # a 4 x 4 map on the 32 px image, squares clipped at every border
 
@@ -101,13 +102,13 @@ def test_figures_are_rgb_pictures(result, image):
 
 def test_parse_class():
     names = ["Abyssinian", "Bengal", "Birman"]
-    assert occlusion.parse_class("1", names) == 1
-    assert occlusion.parse_class("birman", names) == 2
-    assert occlusion.parse_class(None, names) is None
+    assert parse_class("1", names) == 1
+    assert parse_class("birman", names) == 2
+    assert parse_class(None, names) is None
     with pytest.raises(ValueError, match="out of range"):
-        occlusion.parse_class("3", names)
+        parse_class("3", names)
     with pytest.raises(ValueError, match="unknown class"):
-        occlusion.parse_class("Sphynx", names)
+        parse_class("Sphynx", names)
 
 
 def test_cli_writes_maps_and_pictures(tiny_onnx, onnx_model, tmp_path):

@@ -7,9 +7,9 @@ import pytest
 from conftest import make_image
 from PIL import Image
 
+from base.images import ImageError
+from base.spec import MEAN, STD
 from demo.preprocess import deprocess, fit, load_image, preprocess, to_rgb
-from model.images import ImageError
-from model.spec import MEAN, STD
 
 S = 32
 WHITE = (1.0 - np.array(MEAN, np.float32)) / np.array(STD, np.float32)  # a white pixel, normalised

@@ -3,7 +3,7 @@
 - PyTorch reference (model/deconvnet.py) vs torch autograd through the network written out here, each ReLU's
   backward replaced by the rule's: "gradient" is plain autograd (F.relu), "guided" passes grad where grad > 0
   and input > 0, "deconvnet" passes relu(grad). Every conv layer, every mode, every rule, and rules per layer.
-- NumPy stage (demo/deconv_numpy.py) vs the reference, both fed onnxruntime's activations and switches (so a
+- NumPy stage (demo/backward/deconvnet.py) vs the reference, both fed onnxruntime's activations and switches (so a
   near-tie in a max-pool cannot flip an argmax between the two).
 - A hand-computed 4x4 case at one ReLU where the three rules differ.
 
@@ -16,14 +16,15 @@ import numpy as np
 import pytest
 import torch
 from autograd_rules import AFTER_POOL, conv_forward, one_hot_strongest, rel_err
+from conftest import onnx_outputs
 
-from demo.deconv_numpy import Deconvnet, deconv, project_down, relu_backward, unpool
+from base.spec import CONV_LAYERS, RULES, layer_rules
+from demo.backward.deconvnet import Deconvnet, deconv, project_down, relu_backward, unpool
 from model.deconvnet import Deconvnet as TorchDeconvnet
 from model.deconvnet import project_down as torch_project_down
-from model.spec import CONV_LAYERS, RULES, layer_rules
 from model.vgg import Features, fold_batch_norm
 
-# Written out here (not taken from model/spec.py) for the independent definitions below.
+# Written out here (not taken from base/spec.py) for the independent definitions below.
 N, K_TOP = 2, 2  # images; top-k channels
 ROWS = 2 + K_TOP  # signal sets per image: layer, channel, k x topk
 REF_TOL, NUMPY_TOL = 1e-5, 1e-4  # relative L2 errors: reference vs autograd, NumPy vs reference
@@ -111,10 +112,7 @@ def test_rules_differ_and_default_is_deconvnet(traced):
 @pytest.fixture(scope="module")
 def ort_forward(onnx_model):
     """onnxruntime's activations and switches for two 32x32 images, as NumPy arrays and torch tensors."""
-    x = np.random.default_rng(21).standard_normal((2, 3, 32, 32), dtype=np.float32)
-    _, acts, switches = onnx_model.run(x)
-    return acts, switches, {k: torch.from_numpy(v) for k, v in acts.items()}, \
-        {k: torch.from_numpy(v) for k, v in switches.items()}
+    return onnx_outputs(onnx_model, 32, seed=21, tensors=True)
 
 
 def check_parity(ours, ref, acts, switches, tacts, tswitches, layer, mode, rule) -> None:
@@ -151,10 +149,7 @@ def test_numpy_equals_reference_with_a_rule_per_layer(onnx_model, tiny_vgg, ort_
 @pytest.fixture(scope="module")
 def ort_forward64(onnx_model):
     """onnxruntime's outputs for two 64x64 images: room for receptive-field windows smaller than the image."""
-    x = np.random.default_rng(8).standard_normal((2, 3, 64, 64), dtype=np.float32)
-    _, acts, switches = onnx_model.run(x)
-    return acts, switches, {k: torch.from_numpy(v) for k, v in acts.items()}, \
-        {k: torch.from_numpy(v) for k, v in switches.items()}
+    return onnx_outputs(onnx_model, 64, seed=8, tensors=True)
 
 
 @pytest.mark.parametrize("rule", ["guided", "gradient"])

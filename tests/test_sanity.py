@@ -9,6 +9,7 @@
   the named layers (weights, initializers, and the forward pass: the layers below stay bit for bit trained).
 - The similarities: step 0 exactly 1; Spearman and SSIM as scipy and skimage compute them; the exact shortcut for
   layers above a conv target; class sensitivity 1 for a head whose rows are equal.
+- The per-layer guard: one randomized layer whose new weights are lost (the others honoured) is caught and named.
 - The command line in a subprocess, and bad arguments.
 """
 
@@ -24,12 +25,12 @@ import pytest
 from conftest import ROOT, TINY_SIZE, make_image
 from onnx import TensorProto, helper, numpy_helper
 
+from base import spec
+from base.spec import CONV_LAYERS, RULES
 from demo.analyses.sanity import cli, measure, randomize, view
-from demo.deconv_numpy import Deconvnet
-from demo.head_numpy import Head
+from demo.backward.deconvnet import Deconvnet
+from demo.backward.head import Head
 from demo.preprocess import preprocess
-from model import spec
-from model.spec import CONV_LAYERS, RULES
 
 
 @pytest.fixture(scope="module")
@@ -148,14 +149,8 @@ def test_graph_slots_follow_identity_gemm_and_matmul_in_onnxruntime(tmp_path):
     values = {s.weight.name: s.weight.value(eye) for n in CONV_LAYERS for s in slots[n]}
     values.update({gemm.weight.name: gemm.weight.value(w1), gemm.bias.name: gemm.bias.value(b1),
                    matmul.weight.name: matmul.weight.value(w2), matmul.bias.name: matmul.bias.value(b2)})
-    path = tmp_path / "toy.onnx"
-    onnx.save(proto, str(path))
-    options = ort.SessionOptions()
-    keep = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in values.items()}
-    for k, v in keep.items():
-        options.add_initializer(k, v)
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
-                                   disabled_optimizers=list(randomize.DISABLED_OPTIMIZERS))
+    session = ort.InferenceSession(randomize.randomized_proto(proto, values).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
     x = rng.standard_normal((1, 1, 4, 4)).astype(np.float32)
     expected = (x.reshape(1, 16) @ w1.T + b1) @ w2.T + b2
     np.testing.assert_allclose(session.run(["logits"], {"image": x})[0], expected, rtol=1e-5, atol=1e-5)
@@ -395,7 +390,56 @@ def test_cli_bad_arguments(tiny_onnx, tmp_path, args, message):
 
 
 def test_an_ignored_override_raises(onnx_model, image, monkeypatch):
-    """A randomized forward pass identical to the trained one means onnxruntime ignored the overrides: an error."""
+    """A randomized forward pass identical to the trained one means onnxruntime ignored the new weights: an error."""
     monkeypatch.setattr(randomize.Randomizer, "overrides", lambda self, randomized: {})
-    with pytest.raises(RuntimeError, match="ignored the overridden initializers"):
+    with pytest.raises(RuntimeError, match="ignored the randomized weights of head"):
         measure.sanity_checks(onnx_model, image, "conv5_3", rules=["gradient"], classes=False, bar=False)
+
+
+def _skipping(layer: str):
+    """``Randomizer.overrides`` that leaves ``layer``'s initializers trained (an override lost on the way)."""
+    overrides = randomize.Randomizer.overrides
+
+    def replaced(self, randomized):
+        return overrides(self, [n for n in randomized if n != layer])
+
+    return replaced
+
+
+@pytest.mark.parametrize("layer", ["head", "conv5_2", "conv3_1"])
+def test_each_randomized_layer_is_checked(randomizer, baseline, image, layer, monkeypatch):
+    """One ignored layer among randomized ones below it (its own activation then differs from the trained pass's
+    all the same, its input having changed) is caught and named; the same step with it honoured passes."""
+    key = randomize.ORDER[: randomize.ORDER.index(layer) + 3]  # layer, and two randomized layers under it
+    honoured = randomize.run_session(randomizer.session(key), image)
+    randomize.check_randomized(randomizer, key, image, honoured, baseline)
+    monkeypatch.setattr(randomize.Randomizer, "overrides", _skipping(layer))
+    forward = randomize.run_session(randomizer.session(key), image)
+    if layer != "head":
+        assert not np.array_equal(forward[1][layer], baseline[1][layer])  # a whole-pass comparison would pass
+    with pytest.raises(RuntimeError, match=f"ignored the randomized weights of {layer} "):
+        randomize.check_randomized(randomizer, key, image, forward, baseline)
+
+
+def test_a_cascade_with_one_ignored_layer_raises(onnx_model, image, monkeypatch):
+    monkeypatch.setattr(randomize.Randomizer, "overrides", _skipping("conv5_2"))
+    with pytest.raises(RuntimeError, match="ignored the randomized weights of conv5_2 "):
+        measure.sanity_checks(onnx_model, image, "conv4_3", rules=["deconvnet"], classes=False, bar=False)
+
+
+def test_the_randomized_session_runs_on_the_models_providers(onnx_model, randomizer):
+    session = randomizer.session(("conv1_1",))
+    assert session.get_providers() == onnx_model.providers
+    assert session.get_session_options().intra_op_num_threads == onnx_model.threads
+    proto = randomizer.proto
+    before = proto.SerializeToString()
+    clone = randomize.randomized_proto(proto, randomizer.overrides(("conv1_1",)))
+    slots = randomizer.slots["conv1_1"][0]
+    changed = {i.name for i, j in zip(proto.graph.initializer, clone.graph.initializer, strict=True) if i != j}
+    assert changed == {slots.weight.name, slots.bias.name}  # only conv1_1's weight and bias replaced
+    assert proto.SerializeToString() == before  # in a copy: the trained graph is left as it is
+    joined = onnx.ModelProto()
+    joined.ParseFromString(randomizer.serialised.bytes_with(randomizer.overrides(("head", "conv1_1"))))
+    assert joined == randomize.randomized_proto(proto, randomizer.overrides(("head", "conv1_1")))
+    assert randomizer.serialised.bytes_with({}) and onnx.load_from_string(
+        randomizer.serialised.bytes_with({})) == proto

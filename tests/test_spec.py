@@ -1,4 +1,4 @@
-"""model/spec.py: the project's vocabulary, torch-free."""
+"""base/spec.py: the project's vocabulary, torch-free."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import spec
+from base import spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,6 +94,29 @@ def test_preprocessing_is_rgb_imagenet():
 
 
 def test_spec_imports_no_torch():
-    code = "import sys, model.spec; print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
+    code = "import sys, base.spec; print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert "torch" not in out.stdout, out.stdout
+
+
+def test_the_steps_describe_the_network_once():
+    from base.spec import STEPS, steps_down
+
+    assert [s.name for s in STEPS] == list(spec.CONV_LAYERS)
+    assert all(s.pool == spec.pool_below(s.name) and s.c_out == spec.conv_channels(s.name) for s in STEPS)
+    assert STEPS[0].c_in == 3
+    assert all(below.c_out == above.c_in for below, above in zip(STEPS[:-1], STEPS[1:], strict=True))
+    assert [s.name for s in steps_down("conv2_1")] == ["conv2_1", "conv1_2", "conv1_1"]
+
+
+def test_the_numpy_descent_refuses_a_geometry_its_kernels_do_not_run():
+    import dataclasses
+
+    import pytest
+
+    from base.spec import STEPS
+    from demo.backward.descent import _check_geometry
+
+    _check_geometry(STEPS)
+    with pytest.raises(ValueError, match="conv1_1: .*kernel 5"):
+        _check_geometry([dataclasses.replace(STEPS[0], kernel=5, padding=2)])

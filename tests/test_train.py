@@ -19,13 +19,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tinted_data
 from PIL import Image
 
 import model.checkpoint as checkpoint_module
 import model.loop as loop_module
-from demo.cli import UsageError
+from base.cli import UsageError
 from model.checkpoint import resolve_resume, save_checkpoint
-from model.train import TrainConfig, build_parser, parse_args, parse_command_line, train
+from model.config import TrainConfig
+from model.train import build_parser, parse_args, parse_command_line, train
 from model.vgg import VGG, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,29 +41,10 @@ TINY = ["--image-size", "32", "--batch-size", "4", "--threads", "1"]
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
     """A cat-12-style folder: train_list.txt + 12 JPEG/PNG images (3 classes, each tinted by its class)."""
-    root = tmp_path_factory.mktemp("tiny_data")
-    lines = []
-    for label in range(3):
-        for i in range(4):
-            rng = np.random.default_rng(10 * label + i)
-            pixels = rng.integers(0, 60, (40, 48, 3), dtype=np.uint8)
-            pixels[..., label] += 150
-            name = f"cat_12_train/{label}_{i}.{'png' if i == 3 else 'jpg'}"
-            (root / name).parent.mkdir(exist_ok=True)
-            Image.fromarray(pixels).save(root / name)
-            lines.append(f"{name}\t{label}")
-    (root / "train_list.txt").write_text("\n".join(lines) + "\n")
+    root = tinted_data(tmp_path_factory.mktemp("tiny_data"), folder="cat_12_train", png_last=True)
     probe = np.random.default_rng(99).integers(0, 256, (36, 36, 3), dtype=np.uint8)
     Image.fromarray(probe).save(root / "probe.png")
     return root
-
-
-@pytest.fixture
-def one_thread():
-    """train(threads=1) sets torch's thread count for the whole process: put it back afterwards."""
-    before = torch.get_num_threads()
-    yield 1
-    torch.set_num_threads(before)
 
 
 def python_env() -> dict[str, str]:

@@ -12,36 +12,21 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from conftest import tinted_data
 
-from model.train import TrainConfig, train
+from model.config import TrainConfig
+from model.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--image-size", "32", "--batch-size", "4", "--threads", "1", "--workers", "0", "--snapshot-every", "0",
         "--epochs", "1"]
 
 
-def make_data(root: Path, classes: int = 3, per_class: int = 4) -> Path:
-    """``root/train_list.txt`` and ``classes * per_class`` JPEG images under ``root/images``."""
-    lines = []
-    for label in range(classes):
-        for i in range(per_class):
-            pixels = np.random.default_rng(10 * label + i).integers(0, 60, (40, 48, 3), dtype=np.uint8)
-            pixels[..., label % 3] += 150
-            name = f"images/{label}_{i}.jpg"
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(pixels).save(root / name)
-            lines.append(f"{name}\t{label}")
-    (root / "train_list.txt").write_text("\n".join(lines) + "\n")
-    return root
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return make_data(tmp_path_factory.mktemp("cli_data"))
+    return tinted_data(tmp_path_factory.mktemp("cli_data"))
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +168,7 @@ def test_resume_from_a_non_checkpoint_file_is_refused(tmp_path):
 
 
 def test_resume_with_another_architecture_is_refused(existing_run, tmp_path):
-    four_classes = make_data(tmp_path / "four", classes=4)
+    four_classes = tinted_data(tmp_path / "four", classes=4)
     before = fingerprint(existing_run)
     done = command("--out", str(existing_run), "--resume", "--epochs", "2", "--data", str(four_classes),
                    "--threads", "1")

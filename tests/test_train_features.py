@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tinted_data
 from PIL import Image
 from torch import nn
 from torchvision import transforms
 
 import model.loop as loop_module
-from demo.cli import UsageError
+from base.cli import UsageError
 from model.augment import (
     MixSettings,
     make_transforms,
@@ -30,9 +31,10 @@ from model.augment import (
     size_at,
     soft_cross_entropy,
 )
+from model.config import TrainConfig
 from model.ema import ModelEMA, warmed_up_decay
 from model.loop import run_epoch
-from model.train import TrainConfig, parse_args, train
+from model.train import parse_args, train
 from model.vgg import VGG, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,25 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     """A cat-12-style folder: train_list.txt + 12 JPEG images, 3 classes, each tinted by its class."""
-    root = tmp_path_factory.mktemp("tiny_features")
-    lines = []
-    for label in range(3):
-        for i in range(4):
-            pixels = np.random.default_rng(10 * label + i).integers(0, 60, (40, 48, 3), dtype=np.uint8)
-            pixels[..., label] += 150
-            name = f"images/{label}_{i}.jpg"
-            (root / name).parent.mkdir(exist_ok=True)
-            Image.fromarray(pixels).save(root / name)
-            lines.append(f"{name}\t{label}")
-    (root / "train_list.txt").write_text("\n".join(lines) + "\n")
-    return root
-
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    yield 1
-    torch.set_num_threads(before)
+    return tinted_data(tmp_path_factory.mktemp("tiny_features"))
 
 
 def load(path):

@@ -11,10 +11,10 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from model.spec import CONV_LAYERS, POOL_LAYERS
+from base.spec import CONV_LAYERS, POOL_LAYERS
 from model.vgg import VGG, Features, fold_batch_norm, from_torchvision_state_dict, load_model, to_torchvision_state_dict
 
-# Written out here rather than taken from model/spec.py, so that the re-implementation below is independent.
+# Written out here rather than taken from base/spec.py, so that the re-implementation below is independent.
 PLAIN_CFG = (("conv1_1", 3, 64), ("conv1_2", 64, 64), "M",
              ("conv2_1", 64, 128), ("conv2_2", 128, 128), "M",
              ("conv3_1", 128, 256), ("conv3_2", 256, 256), ("conv3_3", 256, 256), "M",

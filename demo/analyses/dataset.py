@@ -25,10 +25,11 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from tqdm import tqdm
 
+from base import spec
+from base.images import IMAGE_EXTENSIONS
+from base.labels import Sample, find_samples
 from demo.onnx_forward import OnnxModel, session_options
 from demo.preprocess import preprocess
-from model import spec
-from model.data import IMAGE_EXTENSIONS, Sample, find_samples
 
 
 def read_samples(data: str | Path) -> list[Sample]:
@@ -62,10 +63,14 @@ class Loader:
 
     def __call__(self, index: int) -> np.ndarray | None:
         try:
-            return preprocess(self.samples[index].path, self.size, self.mean, self.std, self.resize)[0]
-        except ValueError as err:  # model.images.ImageError: one line naming the file and the reason
+            return self.load(index)
+        except ValueError as err:  # base.images.ImageError: one line naming the file and the reason
             tqdm.write(f"skipped {err}", file=sys.stderr)
             return None
+
+    def load(self, index: int) -> np.ndarray:
+        """Image ``index`` as (3, size, size) float32; ``base.images.ImageError`` (a ValueError) when unreadable."""
+        return preprocess(self.samples[index].path, self.size, self.mean, self.std, self.resize)[0]
 
 
 def batches(load: Callable[[int], np.ndarray | None], order: Sequence[int], batch_size: int,
@@ -150,14 +155,16 @@ def reduction_graph(path: str | Path, layers: Sequence[str]) -> onnx.ModelProto:
 class ChannelMaxima:
     """onnxruntime on ``reduction_graph``: images (N, 3, H, W) -> per layer, channel maxima and their positions.
 
-    Uses the same execution providers as ``model`` (CUDA when it runs there).
+    Uses the same execution providers as ``model`` (CUDA when it runs there), with its provider options (TF32).
     """
 
     def __init__(self, model: OnnxModel, layers: Sequence[str], threads: int | None = None) -> None:
         self.layers = list(layers)
         options = session_options(threads)
         proto = reduction_graph(model.path, self.layers)
-        self.session = ort.InferenceSession(proto.SerializeToString(), options, providers=model.providers)
+        provider_options = getattr(model, "provider_options", {})
+        providers = [(p, provider_options.get(p, {})) for p in model.providers]
+        self.session = ort.InferenceSession(proto.SerializeToString(), options, providers=providers)
         self._names = [n for layer in self.layers for n in (f"{layer}_max", f"{layer}_argmax")]
 
     def run(self, image: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -1,6 +1,6 @@
 """What a request may be: the upload, read and decoded safely within limits, and the options, checked.
 
-Untrusted input. Uploads are decoded by ``model.images.decode``, the project's one safe path (pixel limit from the
+Untrusted input. Uploads are decoded by ``base.images.decode``, the project's one safe path (pixel limit from the
 header before decoding, empty, truncated and damaged files, non-images, absurd aspect ratios, decompression bombs,
 EXIF orientation, any Pillow mode), within ``UPLOAD_LIMITS``. Every refusal is an ``InputError`` whose text is
 meant for the user: the page shows it as it is.
@@ -17,10 +17,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from demo.display import NORMS
-from demo.preprocess import RESIZE_MODES
-from model import images
-from model.spec import CONV_LAYERS, RULES, conv_channels
+from base import images
+from base.display import NORMS
+from base.images import RESIZE_MODES
+from base.spec import CONV_LAYERS, RULES, conv_channels
 
 UPLOAD_LIMITS = images.Limits(max_bytes=25 * 2**20)  # pixels, aspect ratio and file size of an upload
 Source = str | Path | bytes | Mapping | None  # a file path, raw bytes, or a Gradio file payload
@@ -42,7 +42,7 @@ class Upload:
 
 
 def _for_page(err: images.ImageError) -> InputError:
-    """``model.images``' refusal worded for the page: a capitalised sentence."""
+    """``base.images``' refusal worded for the page: a capitalised sentence."""
     text = str(err)
     return InputError(text[:1].upper() + text[1:] + ("" if text.endswith(("?", ".")) else "."))
 
@@ -86,7 +86,7 @@ def read_source(source: Source, limits: images.Limits = UPLOAD_LIMITS) -> bytes:
 
 
 def decode(data: bytes, limits: images.Limits = UPLOAD_LIMITS, digest: str | None = None) -> Upload:
-    """Decode an image file's bytes safely (``model.images.decode``) into an ``Upload``; ``InputError`` with the
+    """Decode an image file's bytes safely (``base.images.decode``) into an ``Upload``; ``InputError`` with the
     reason, worded for the page, otherwise. ``digest``: the bytes' SHA-1 when the caller has it."""
     try:
         decoded = images.decode(data, limits, digest=digest)
@@ -107,25 +107,16 @@ def digest_of(data: bytes) -> str:
 
 # --- the options ---------------------------------------------------------------------------------------------------
 
-def _one_of(value: str, choices, what: str) -> str:
+CHOICES = {"layer": CONV_LAYERS, "normalisation": NORMS, "resize mode": RESIZE_MODES, "backward rule": RULES}
+
+
+def check(what: str, value: str) -> str:
+    """``value`` when it is one of the ``what`` choices (``CHOICES``: a conv layer, a display normalisation, a
+    resize mode, a backward rule), else ``InputError`` naming the choices."""
+    choices = CHOICES[what]
     if value not in choices:
         raise InputError(f"Unknown {what} {value!r}; choose one of {', '.join(choices)}.")
     return value
-
-
-def check_layer(layer: str) -> str:
-    """``layer`` when it is a conv layer name, else ``InputError``."""
-    return _one_of(layer, CONV_LAYERS, "layer")
-
-
-def check_norm(norm: str) -> str:
-    """``norm`` when it is a display normalisation, else ``InputError``."""
-    return _one_of(norm, NORMS, "normalisation")
-
-
-def check_resize(resize: str) -> str:
-    """``resize`` when it is a resize mode, else ``InputError``."""
-    return _one_of(resize, RESIZE_MODES, "resize mode")
 
 
 def whole_number(value, what: str) -> int:
@@ -141,16 +132,11 @@ def whole_number(value, what: str) -> int:
 
 def check_channel(layer: str, channel, channels: int | None = None) -> int:
     """A channel index of ``layer`` (``channels`` of them; default the layer's), else ``InputError``."""
-    C = conv_channels(check_layer(layer)) if channels is None else channels
+    C = conv_channels(check("layer", layer)) if channels is None else channels
     c = whole_number(channel, "The channel")
     if not 0 <= c < C:
         raise InputError(f"{layer} has channels 0 to {C - 1}; got {channel}.")
     return c
-
-
-def check_rule(rule: str) -> str:
-    """``rule`` when it is a backward rule (deconvnet, guided, gradient), else ``InputError``."""
-    return _one_of(rule, RULES, "backward rule")
 
 
 def check_class(value, class_names: list[str]) -> int:

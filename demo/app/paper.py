@@ -9,8 +9,9 @@ from pathlib import Path
 
 from demo.analyses import invariance, occlusion
 from demo.analyses.atlas.read import Atlas, load_atlas
+from demo.analyses.atlas.render import atlas_view as draw_atlas_view
 from demo.analyses.dataset import model_sha1
-from demo.app.inputs import InputError, Source, check_channel, check_rule, whole_number
+from demo.app.inputs import InputError, Source, check, check_channel, whole_number
 from demo.app.pipeline import Pipeline
 
 MAX_OCCLUSION_PASSES = 1024  # forward passes one occlusion request may cost (stride 7 at 224 px)
@@ -80,10 +81,10 @@ def atlas_view(pipeline: Pipeline, atlas_dir: str | Path, layer: str, channel: i
     picture not drawn yet is drawn now, when the atlas was mined with this pipeline's model."""
     found = _atlas_layer(atlas_dir, layer)
     c = check_channel(layer, channel, found.channels(layer))
-    rule = check_rule(rule) if rule is not None else None
+    rule = check("backward rule", rule) if rule is not None else None
     own = found.info.get("model_sha1") == model_sha1(pipeline.model.path)
     try:
-        picture = found.view(layer, c, pipeline.model if own else None, rule)
+        picture = draw_atlas_view(found, layer, c, pipeline.model if own else None, rule)
     except FileNotFoundError:
         raise InputError(f"{layer} channel {c} has no picture in the atlas yet, and the atlas was mined with "
                          f"another model: run python -m demo.mine --out {found.dir} --resume.") from None
@@ -106,7 +107,7 @@ def health_for(pipeline: Pipeline, health_dir: str | Path | None = None) -> tupl
     return pipeline.store.png(filters, folder, "conv1_filters"), figure_png, summary
 
 
-# --- sanity checks (Adebayo et al. 2018) ----------------------------------------------------------------------
+# --- sanity checks (Adebayo et al. 2018; Nie et al. 2018; Sixt et al. 2020) -----------------------------------
 
 def sanity_for(pipeline: Pipeline, source: Source, target: str = "conv5_3", norm: str = "minmax",
                resize: str = "crop", progress: Progress = None) -> tuple[str, str, str]:

@@ -1,6 +1,8 @@
-"""The app's one model session and NumPy deconvnet, with a small cache of forward passes and projections.
+"""The app's one model session and deconvnet, with a small cache of forward passes and projections.
 
-``Pipeline`` holds the onnxruntime session and the deconvnet of the process and is safe to call from several
+``Pipeline`` holds the onnxruntime session and the deconvnet of the process (the NumPy one, ``demo.backward.Deconvnet``,
+when the session runs on the CPU; the ONNX descent graphs of ``demo.backward.onnx_graph`` on the session's own
+provider when it runs on CUDA; ``PipelineConfig.backward`` forces either) and is safe to call from several
 threads at once (onnxruntime sessions are, the deconvnet keeps no state between calls and the cache is locked).
 Forward passes and projections are cached per uploaded file (keyed by the SHA-1 of its bytes and the resize mode),
 so changing the normalisation, the layer or the channel re-renders without recomputing. The views (``views``,
@@ -17,13 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from demo.app.inputs import UPLOAD_LIMITS, InputError, Source, check_resize, decode, digest_of, read_source
+from base import images
+from demo.app.inputs import UPLOAD_LIMITS, InputError, Source, check, decode, digest_of, read_source
 from demo.app.store import ResultStore
 from demo.app.text import Timings
-from demo.deconv_numpy import Deconvnet, Projection
+from demo.backward import Deconvnet, Projection
+from demo.backward.onnx_graph import OnnxDeconvnet
 from demo.onnx_forward import OnnxModel
 from demo.preprocess import deprocess, normalise
-from model import images
 
 
 @dataclass
@@ -38,6 +41,20 @@ class PipelineConfig:
     keep_requests: int = 256  # request folders of pictures kept on disk for the page to fetch
     min_tile: int = 96  # smallest side, in pixels, of a receptive-field crop on the page
     min_picture: int = 224  # smallest side of the other single pictures (small inputs are enlarged, nearest)
+    backward: str = "auto"  # deconvnet: "numpy", "onnx" (onnxruntime, the session's provider), "auto" (onnx on CUDA)
+
+
+BACKWARDS = ("auto", "numpy", "onnx")
+
+
+def make_deconvnet(model: OnnxModel, backward: str = "auto") -> Deconvnet | OnnxDeconvnet:
+    """The deconvnet for ``model``: NumPy's on the CPU, the ONNX descent graphs (``demo.backward.onnx_graph``)
+    when the model's session runs on CUDA; ``backward`` "numpy" or "onnx" forces one."""
+    if backward not in BACKWARDS:
+        raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
+    if backward == "onnx" or (backward == "auto" and model.device == "cuda"):
+        return OnnxDeconvnet(model)
+    return Deconvnet.from_model(model)
 
 
 @dataclass
@@ -70,7 +87,7 @@ class Pipeline:
     def __init__(self, model: OnnxModel, config: PipelineConfig | None = None) -> None:
         self.model = model
         self.config = config or PipelineConfig()
-        self.deconvnet = Deconvnet.from_model(model)
+        self.deconvnet = make_deconvnet(model, self.config.backward)
         self.size = self.config.size or model.input_size
         self.history: deque[tuple[str, Timings]] = deque(maxlen=10_000)  # (request kind, timings), for benches
         self.store = ResultStore(self.config.keep_requests, self.config.png_compress_level)
@@ -79,9 +96,10 @@ class Pipeline:
 
     @classmethod
     def from_path(cls, path: str | Path | None = None, device: str = "auto", threads: int | None = None,
-                  config: PipelineConfig | None = None) -> Pipeline:
-        """Load the .onnx file ``path`` (None: the default model) and build the pipeline around it."""
-        return cls(OnnxModel(path, device=device, threads=threads), config)
+                  config: PipelineConfig | None = None, allow_tf32: bool = False) -> Pipeline:
+        """Load the .onnx file ``path`` (None: the default model) and build the pipeline around it (``allow_tf32``:
+        let CUDA use TF32)."""
+        return cls(OnnxModel(path, device=device, threads=threads, allow_tf32=allow_tf32), config)
 
     def warm_up(self) -> None:
         """Run one blank image through the network and the deconvnet (every layer, and a top-k), so that the first
@@ -94,9 +112,14 @@ class Pipeline:
         self.deconvnet.project(activations, switches, "conv5_3", "topk", k=9)
 
     @property
+    def backward(self) -> str:
+        """Which deconvnet projects: "numpy" or "onnx"."""
+        return "onnx" if isinstance(self.deconvnet, OnnxDeconvnet) else "numpy"
+
+    @property
     def provider(self) -> str:
-        """The onnxruntime execution provider that really runs the forward pass."""
-        return self.model.providers[0]
+        """The onnxruntime execution provider that really runs the forward pass, with its TF32 setting on CUDA."""
+        return self.model.provider
 
     def close(self) -> None:
         """Delete the pictures written so far."""
@@ -106,7 +129,7 @@ class Pipeline:
 
     def forward(self, source: Source, resize: str = "crop") -> tuple[Forward, bool]:
         """Decode ``source``, preprocess and run the network; returns the ``Forward`` and whether it was cached."""
-        check_resize(resize)
+        check("resize mode", resize)
         start = time.perf_counter()
         data = read_source(source, self.config.limits)
         digest = digest_of(data)
@@ -226,4 +249,4 @@ def top_predictions(probs: np.ndarray, class_names: list[str], k: int = 5) -> di
     return {class_names[i]: float(probs[i]) for i in order}
 
 
-__all__ = ["Forward", "InputError", "Pipeline", "PipelineConfig", "top_predictions"]
+__all__ = ["BACKWARDS", "Forward", "InputError", "Pipeline", "PipelineConfig", "make_deconvnet", "top_predictions"]

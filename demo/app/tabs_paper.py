@@ -8,11 +8,11 @@ from pathlib import Path
 
 import gradio as gr
 
+from base.spec import CONV_LAYERS
 from demo.analyses.atlas.read import Atlas
 from demo.app import paper
-from demo.app.tabs import MODEL, PRIVATE, SMALL, Page, need_image, track, user_errors
+from demo.app.page import MODEL, PRIVATE, SMALL, Page, need_image, track, user_errors
 from demo.app.text import ATLAS_HELP, HEALTH_HELP, INVARIANCE_HELP, OCCLUSION_HELP, SANITY_HELP
-from model.spec import CONV_LAYERS
 
 
 def occlusion_tab(page: Page) -> None:
@@ -108,7 +108,8 @@ def health_tab(page: Page, health_dir: str | Path | None) -> None:
 
 
 def sanity_tab(page: Page) -> None:
-    """The randomization checks of Adebayo et al. 2018 for the current image, every backward rule."""
+    """The randomization checks of Adebayo et al. 2018 and the class sensitivity check (Nie et al. 2018; Sixt et al.
+    2020) for the current image, every backward rule."""
     with gr.Tab("Sanity checks", id="sanity") as tab:
         gr.Markdown(SANITY_HELP)
         with gr.Row(equal_height=True):

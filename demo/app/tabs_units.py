@@ -8,10 +8,10 @@ from pathlib import Path
 
 import gradio as gr
 
+from base.spec import CONV_LAYERS
 from demo.app import units as unit_views
-from demo.app.tabs import MODEL, PRIVATE, SMALL, Page, track, user_errors
+from demo.app.page import MODEL, PRIVATE, SMALL, Page, track, user_errors
 from demo.app.text import UNITS_HELP
-from model.spec import CONV_LAYERS
 
 LAYER_CHOICES = [*CONV_LAYERS, ("class logit", "class")]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from model.spec import receptive_field, stride_of
+from base.spec import receptive_field, stride_of
 
 
 @dataclass
@@ -157,7 +157,10 @@ Can these pictures be trusted? Adebayo et al. (*Sanity Checks for Saliency Maps*
 network's weights at random, from the head down, one layer more at each step, and watch the picture: a picture
 that explains what the network learned must change as its weights are destroyed (the curves fall towards 0 and
 the filmstrip dissolves: the rule **passes**); one that stays the same shows the image, not the network (the
-curves stay near 1: it **fails**). One forward pass per step, in onnxruntime; a few seconds on a CPU.
+curves stay near 1: it **fails**). One forward pass per step, in onnxruntime; a few seconds on a CPU. The summary's
+last column is the class sensitivity check (Nie et al., ICML 2018; Sixt et al., *When Explanations Lie*, ICML
+2020): how alike the pictures of the predicted class and of each other class are; a picture that explains a class
+must change with the class (near 1: it does not).
 """
 
 UNITS_HELP = """

@@ -9,17 +9,17 @@ trace. No maths here: handlers call ``demo.app.views`` and ``demo.app.paper``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 
-from demo.app import paper, tabs, tabs_paper, tabs_units
+from base.cli import REPO_ROOT
+from demo.app import paper, tabs, tabs_evidence, tabs_paper, tabs_units
 from demo.app.inputs import UPLOAD_LIMITS
+from demo.app.page import PRIVATE, Inputs, Page
 from demo.app.pipeline import Pipeline
 from demo.app.text import HOW_TO_READ, INTRO, describe, model_card_markdown
 from demo.app.units import UnitPictures
-from demo.cli import REPO_ROOT
 
 EXAMPLES_DIR = REPO_ROOT / "examples"
 EXAMPLES = ("chelsea.png", "astronaut.png", "coffee.png")  # one cat and two pictures off the network's domain
@@ -51,19 +51,6 @@ def examples_attribution(folder: Path = EXAMPLES_DIR) -> str:
     paragraphs = readme.read_text(encoding="utf-8").split("\n\n")
     keep = [p for p in paragraphs if p.strip() and not p.lstrip().startswith("#") and "committed" not in p]
     return "\n\n".join(keep)
-
-
-@dataclass
-class Inputs:
-    """The components of the input column that every tab reads or writes."""
-
-    image: gr.Image
-    run: gr.Button
-    resize: gr.Radio
-    prediction: gr.Label
-    tta: gr.Checkbox  # the prediction averaged with the mirror image's (flip test-time augmentation)
-    network_input: gr.Image
-    compare_prediction: gr.Label | None  # the compared model's top 5
 
 
 def _input_column(pipeline: Pipeline, examples_dir: Path, compare: Pipeline | None) -> Inputs:
@@ -101,7 +88,8 @@ def build_demo(pipeline: Pipeline, concurrency: int = 1, queue_size: int = 64,
     API endpoints (gradio_client): ``/analyse`` (image, norm, resize) -> top-5 label, 13 captioned layer images,
     the network's input, the .npz, the timings; ``/explore`` (image, layer, k, norm, resize); ``/channel``
     (image, layer, channel, norm, resize); ``/occlusion`` (image, size, stride, resize) -> figure, summary;
-    ``/invariance`` (image, resize) -> figure; with an atlas, ``/atlas`` (layer, channel) -> picture, caption.
+    ``/invariance`` (image, resize) -> figure; ``/evidence`` (image, breed, method, resize) -> figure, summary;
+    with an atlas, ``/atlas`` (layer, channel) -> picture, caption.
     """
     found_atlas = paper.atlas(atlas_dir) if atlas_dir is not None else None  # FileNotFoundError: not an atlas
     with gr.Blocks(title="Deconvnet: what VGG16 sees in a cat", fill_width=True, delete_cache=(1800, 3600)) as demo:
@@ -120,8 +108,7 @@ def build_demo(pipeline: Pipeline, concurrency: int = 1, queue_size: int = 64,
                     rule = gr.Radio(RULE_CHOICES, value="deconvnet", label="Backward rule at each ReLU",
                                     elem_id="rule")
                 pictures = UnitPictures.with_settings(pipeline, *featurevis)
-                page = tabs.Page(pipeline, inputs.image, norm, inputs.resize, gr.State("layers"), rule, compare,
-                                 pictures)
+                page = Page(pipeline, inputs.image, norm, inputs.resize, gr.State("layers"), rule, compare, pictures)
                 with gr.Tabs(elem_id="tabs"):
                     layers = tabs.layers_tab(page, inputs)
                     explorer = tabs.explorer_tab(page)
@@ -134,6 +121,7 @@ def build_demo(pipeline: Pipeline, concurrency: int = 1, queue_size: int = 64,
                         show_atlas = tabs_paper.atlas_tab(page, atlas_dir, found_atlas)
                     tabs_paper.health_tab(page, health_dir)
                     tabs_paper.sanity_tab(page)
+                    tabs_evidence.evidence_tab(page)
         with gr.Accordion("How to read these pictures", open=False):
             gr.Markdown(HOW_TO_READ)
         with gr.Accordion("Model card", open=False):
@@ -142,7 +130,7 @@ def build_demo(pipeline: Pipeline, concurrency: int = 1, queue_size: int = 64,
             gr.Markdown(examples_attribution(examples_dir), elem_id="attribution")
         tabs.wire_inputs(page, inputs, layers, explorer)
         if found_atlas is not None:
-            demo.load(*show_atlas, concurrency_id="model", **tabs.PRIVATE)
+            demo.load(*show_atlas, concurrency_id="model", **PRIVATE)
     demo.queue(max_size=queue_size, default_concurrency_limit=concurrency)
     return demo
 

@@ -18,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from demo.analyses.featurevis.objective import CLASS, Target, conv_biases
+from base.spec import CONV_LAYERS, conv_channels
+from demo.analyses.featurevis.objective import CLASS, Target
 from demo.analyses.featurevis.optimize import Settings, Visualizer, visualize
 from demo.analyses.featurevis.shipped import SHIPPED_DIR, ShippedSet
-from demo.app.inputs import InputError, check_channel, check_layer
+from demo.app.inputs import InputError, check, check_channel
 from demo.app.pipeline import Pipeline
-from model.spec import CONV_LAYERS, conv_channels
+from demo.onnx_forward import conv_biases
 
 ON_REQUEST = Settings(steps=128, size=112)  # a picture made on request: about 30 s on an idle 2-core CPU
 SANITY = Settings(steps=64, size=96)  # the randomized copies' pictures, four at once
@@ -52,7 +53,7 @@ class Connection:
 
 def unit_layer(layer: str) -> str:
     """A conv name or "class", else InputError."""
-    return CLASS if layer == CLASS else check_layer(layer)
+    return CLASS if layer == CLASS else check("layer", layer)
 
 
 class UnitPictures:
@@ -184,7 +185,7 @@ def connections(pipeline: Pipeline, layer: str, channel: int, k: int = 6) -> tup
     conv5_3: the classes, by the head's weight when it is one Linear layer) fed most strongly by it. Weights are the
     exported ones, batch norm folded. ``k`` of each, strongest first."""
     model = pipeline.model
-    layer = check_layer(layer)
+    layer = check("layer", layer)
     channel = check_channel(layer, channel)
     i = CONV_LAYERS.index(layer)
     w = model.weights[layer][channel].sum(axis=(1, 2))  # (C_in,)

@@ -3,7 +3,7 @@
 Each view takes the ``Pipeline`` (forward pass and projections, cached) and turns arrays into pictures with
 ``demo.display``: whole-layer reconstructions streamed layer by layer, a layer's feature-map grid, the k strongest
 channels each projected alone, and one channel next to the image patch its unit sees (the unit's receptive field,
-``model.spec.field_box``, the same window as the atlas's).
+``base.spec.field_box``, the same window as the atlas's).
 """
 
 from __future__ import annotations
@@ -15,21 +15,20 @@ from pathlib import Path
 
 import numpy as np
 
+from base.display import map_image, reconstruction_image
+from base.spec import CONV_LAYERS, conv_channels, field_box, stride_of
 from demo import display
 from demo.app.inputs import (
     InputError,
     Source,
+    check,
     check_channel,
     check_class,
-    check_layer,
-    check_norm,
-    check_rule,
     whole_number,
 )
 from demo.app.pipeline import Forward, Pipeline, top_predictions
 from demo.app.text import Timings, channel_caption, explorer_summary, layer_caption
 from demo.display import GridLayout
-from model.spec import CONV_LAYERS, conv_channels, field_box, stride_of
 
 
 @dataclass
@@ -86,8 +85,8 @@ def analyse(pipeline: Pipeline, source: Source, norm: str = "minmax", resize: st
     ...) and ``done`` True. ``tta``: the prediction averages the image's and its mirror image's probabilities
     (the projections are the image's own).
     """
-    check_norm(norm)
-    check_rule(rule)
+    check("normalisation", norm)
+    check("backward rule", rule)
     fwd, cached = pipeline.forward(source, resize)
     timings = pipeline.timings_for(fwd, cached)
     store, folder = pipeline.store, pipeline.store.request_dir()
@@ -102,7 +101,7 @@ def analyse(pipeline: Pipeline, source: Source, norm: str = "minmax", resize: st
         recons[layer], seconds = pipeline.layer_projection(fwd, layer, rule)
         timings.deconvnet += seconds
         start = time.perf_counter()
-        picture, flat = display.reconstruction_image(recons[layer], norm)
+        picture, flat = reconstruction_image(recons[layer], norm)
         layers.append((store.png(picture, folder, layer), layer_caption(layer, flat)))
         timings.encoding += time.perf_counter() - start
         if layer != CONV_LAYERS[-1]:
@@ -127,7 +126,7 @@ def analyse_all(pipeline: Pipeline, source: Source, norm: str = "minmax", resize
 
 def grid_layout(pipeline: Pipeline, layer: str) -> GridLayout:
     """The feature-grid layout of ``layer`` at the pipeline's input size (no forward pass needed)."""
-    check_layer(layer)
+    check("layer", layer)
     side = pipeline.size // stride_of(layer)
     return GridLayout.for_maps(conv_channels(layer), side, side)
 
@@ -142,9 +141,9 @@ def explore(pipeline: Pipeline, source: Source, layer: str = "conv5_3", k: int =
     """``layer``'s feature maps (each channel, and merged) and the paper's view: the k channels with the
     strongest activation, each projected alone from that activation with ``rule``, cut to the unit's receptive
     field."""
-    check_layer(layer)
-    check_norm(norm)
-    check_rule(rule)
+    check("layer", layer)
+    check("normalisation", norm)
+    check("backward rule", rule)
     C = conv_channels(layer)
     k = whole_number(k, "k")
     if not 1 <= k <= C:
@@ -157,7 +156,7 @@ def explore(pipeline: Pipeline, source: Source, layer: str = "conv5_3", k: int =
     act = fwd.activations[layer][0]  # (C, h, w)
     C, h, w = act.shape
     grid, flags, layout = display.feature_grid(act, norm, grid_layout(pipeline, layer))
-    merged, _ = display.map_image(display.merge_channels(act), norm)
+    merged, _ = map_image(display.merge_channels(act), norm)
     merged = _enlarge(pipeline, display.upscale(merged, pipeline.size // h))
     topk = []
     for rank, (c, v, image) in enumerate(zip(p.channels.tolist(), p.values.tolist(), p.images, strict=True)):
@@ -177,8 +176,8 @@ def channel(pipeline: Pipeline, source: Source, layer: str, number: int | float,
             resize: str = "crop", rule: str = "deconvnet") -> ChannelView:
     """One channel of ``layer``: feature map, its strongest activation projected alone with ``rule``, and the
     image patch."""
-    check_norm(norm)
-    check_rule(rule)
+    check("normalisation", norm)
+    check("backward rule", rule)
     c = check_channel(layer, number)
     fwd, _ = pipeline.forward(source, resize)
     projection, value, seconds = pipeline.single(fwd, layer, c, rule)
@@ -214,8 +213,8 @@ def _channel_view(pipeline: Pipeline, fwd: Forward, layer: str, channel: int, no
     fmap = fwd.activations[layer][0, channel]  # (h, w)
     h, w = fmap.shape
     row, col = _strongest(fwd, layer, channel)
-    feature, _ = display.map_image(fmap, norm)
-    full, _ = display.reconstruction_image(projection, norm)
+    feature, _ = map_image(fmap, norm)
+    full, _ = reconstruction_image(projection, norm)
     crop, patch = _field_crops(pipeline, fwd, layer, channel, projection, norm)
     name, store = f"{layer}_ch{channel}", pipeline.store
     return ChannelView(layer, channel, value,
@@ -242,8 +241,8 @@ def classes(pipeline: Pipeline, source: Source, picked: str | int | None = None,
             resize: str = "crop", rule: str = "deconvnet") -> ClassView:
     """The projection of the predicted class's score and of ``picked``'s (a class name or index; None: the second
     most probable class), each with ``rule``."""
-    check_norm(norm)
-    check_rule(rule)
+    check("normalisation", norm)
+    check("backward rule", rule)
     fwd, cached = pipeline.forward(source, resize)
     timings = pipeline.timings_for(fwd, cached)
     names = pipeline.model.class_names
@@ -255,7 +254,7 @@ def classes(pipeline: Pipeline, source: Source, picked: str | int | None = None,
         recon, logit, seconds = pipeline.class_projection(fwd, c, rule)
         timings.deconvnet += seconds
         start = time.perf_counter()
-        picture, flat = display.reconstruction_image(recon, norm)
+        picture, flat = reconstruction_image(recon, norm)
         caption = f"{names[c]}: logit {logit:.3g}, p = {fwd.probs[c]:.1%}" + (" (all zero)" if flat else "")
         shown.append((store.png(_enlarge(pipeline, picture), folder, f"class{c}_{rule}"), caption))
         timings.encoding += time.perf_counter() - start
@@ -285,11 +284,11 @@ def rule_difference(pipeline: Pipeline, source: Source, target: str = "conv5_3",
     two rules; the difference of the two maps, each scaled to a largest |value| of 1, shown signed."""
     from demo.analyses.sanity.measure import similarity
 
-    check_norm(norm)
-    check_rule(first)
-    check_rule(second)
+    check("normalisation", norm)
+    check("backward rule", first)
+    check("backward rule", second)
     if target != "class":
-        check_layer(target)
+        check("layer", target)
     fwd, _ = pipeline.forward(source, resize)
     top = int(np.argmax(fwd.probs))
 
@@ -301,8 +300,8 @@ def rule_difference(pipeline: Pipeline, source: Source, target: str = "conv5_3",
     a, b = projection(first), projection(second)
     scaled = [m / peak if (peak := float(np.abs(m).max())) > 0 else m for m in (a, b)]
     store, folder = pipeline.store, pipeline.store.request_dir()
-    pictures = [display.reconstruction_image(a, norm)[0], display.reconstruction_image(b, norm)[0],
-                display.reconstruction_image(scaled[0] - scaled[1], "signed")[0]]
+    pictures = [reconstruction_image(a, norm)[0], reconstruction_image(b, norm)[0],
+                reconstruction_image(scaled[0] - scaled[1], "signed")[0]]
     paths = [store.png(_enlarge(pipeline, p), folder, name) for p, name in zip(pictures, (first, second, "diff"),
                                                                                strict=True)]
     spearman_abs, spearman, ssim = similarity(a, b)

@@ -52,8 +52,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from demo.cli import atomic_write
-from model import spec
+from base import spec
+from base.cli import atomic_write
 
 DEFAULT_LAYERS = "conv3_3,conv4_3,conv5_3"
 STATE_FILE = "mine_state.npz"

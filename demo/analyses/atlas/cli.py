@@ -5,12 +5,14 @@
     python -m demo.mine --data ../shared/data/cat12/train_list.txt --out atlas/ --resume     # after Ctrl-C
     python -m demo.mine --data ../shared/data/cat12/train_list.txt --out atlas/ --resume --render all
     python -m demo.mine --data ../shared/data/cat12/train_list.txt --out atlas/ --html     # and a static site
+    python -m demo.mine --data ../shared/data/cat12/train_list.txt --out atlas/ --engine ray --ray-workers 4
 
 By default the pictures of the 16 strongest channels of each layer are drawn (a first atlas in about a minute);
 the others are listed with their values and drawn later (``--resume --render all``) or by the app on demand.
 The atlas's layout and its two passes are described in ``demo/analyses/atlas/__init__.py``. ``--html`` also
 writes a static site beside it (``index.html``; ``demo/analyses/atlas/site.py``), which ``python -m demo.atlas_site
-ATLAS_DIR`` rewrites alone (no model, no data).
+ATLAS_DIR`` rewrites alone (no model, no data). ``--engine ray`` mines on a Ray Data worker pool, here or on a
+cluster (``--address``), with the same result (``demo/analyses/ray_engine.py``).
 """
 
 from __future__ import annotations
@@ -20,45 +22,30 @@ import json
 import shutil
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 
-from demo.analyses.atlas import DEFAULT_LAYERS, STATE_FILE, TILES_DIR
+from base import spec
+from base.cli import add_debug_option, add_model_options, parse_layers, run_cli
+from base.spec import RULES
+from demo.analyses import ray_engine
+from demo.analyses.atlas import DEFAULT_LAYERS, STATE_FILE, TILES_DIR, site
+from demo.analyses.atlas.config import MineConfig
 from demo.analyses.atlas.mine import TopK, fingerprint, stream, write_index
 from demo.analyses.atlas.read import Atlas
 from demo.analyses.atlas.render import render, render_selection
 from demo.analyses.atlas.site import build_site, draw_command
 from demo.analyses.dataset import ChannelMaxima, Loader, model_sha1, read_samples
-from demo.cli import add_model_options, parse_layers, run_cli
 from demo.onnx_forward import OnnxModel
-from model import spec
-from model.spec import RULES
+
+FEATUREVIS_HELP = ("feature visualizations to show on the site's channel pages: a python -m demo.featurevis --out "
+                   "folder, or a packed set such as models/featurevis")
 
 
-@dataclass
-class MineConfig:
-    """One mining run; every field is a command-line option of the same name."""
-
-    data: str  # label file, folder with train_list.txt, ImageFolder tree or a folder of images
-    out: str  # the atlas directory
-    model: str | None = None  # .onnx file; default models/vgg16_cat12.onnx
-    layers: str = DEFAULT_LAYERS  # comma-separated conv layers, or "all"
-    k: int = 9  # entries per channel
-    batch_size: int = 16  # images per onnxruntime call
-    size: int | None = None  # input side in pixels; default the model's
-    resize: str = "crop"  # crop (short side, centre square) or stretch
-    norm: str = "minmax"  # how projections become pixels
-    rule: str = "deconvnet"  # the backward rule of the projections: deconvnet, guided, gradient
-    tile: int = 128  # largest tile side in pixels (0: the receptive field's full size)
-    patches_only: bool = False  # skip the deconvnet projections
-    render: str = "16"  # which pictures to draw: "all", "none", or N (the N strongest channels per layer)
-    limit: int | None = None  # only the first N images of the data
-    device: str = "auto"  # auto (CUDA if present), cuda, cpu
-    workers: int = 2  # image-decoding threads
-    save_every: int = 20  # batches between saved states
-    resume: bool = False  # continue an interrupted run in --out
-    overwrite: bool = False  # discard what --out holds and start again
-    html: bool = False  # also write the static site (index.html, a page per layer and channel) into --out
+def check_featurevis(folder: str | None) -> None:
+    """FileNotFoundError when a --featurevis folder is given but is not a folder."""
+    if folder is not None and not Path(folder).is_dir():
+        raise FileNotFoundError(f"--featurevis {folder}: no such folder")
 
 
 def parse_args(argv: list[str] | None = None) -> MineConfig:
@@ -96,6 +83,9 @@ def parse_args(argv: list[str] | None = None) -> MineConfig:
     p.add_argument("--html", action="store_true",
                    help="also write a static site into ATLAS_DIR (index.html: a page per layer and per channel, "
                         "opens from the file system); python -m demo.atlas_site ATLAS_DIR rewrites it alone")
+    p.add_argument("--featurevis", metavar="DIR", default=None,
+                   help="with --html: " + FEATUREVIS_HELP)
+    ray_engine.add_engine_options(p)
     args = p.parse_args(argv)
     try:
         parse_layers(args.layers)
@@ -105,6 +95,8 @@ def parse_args(argv: list[str] | None = None) -> MineConfig:
     for name in ("k", "batch_size", "limit"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.featurevis is not None and not args.html:
+        p.error("--featurevis needs --html (the pictures are shown on the site's channel pages)")
     if args.size is not None and (args.size < spec.SIZE_MULTIPLE or args.size % spec.SIZE_MULTIPLE):
         p.error(f"--size must be a positive multiple of {spec.SIZE_MULTIPLE}")
     return MineConfig(**{f.name: getattr(args, f.name) for f in fields(MineConfig)})
@@ -118,6 +110,8 @@ def run(config: MineConfig, progress: Callable[[int, int], None] | None = None, 
     """
     out = Path(config.out)
     layers = parse_layers(config.layers)
+    check_featurevis(config.featurevis)
+    ray_settings = ray_engine.settings_of(config)  # None: the local engine
     if out.exists() and any(out.iterdir()) and not (config.resume or config.overwrite):
         raise ValueError(f"{out} is not empty: pass --resume to continue a run there, or --overwrite")
     if config.overwrite and out.exists():
@@ -126,7 +120,7 @@ def run(config: MineConfig, progress: Callable[[int, int], None] | None = None, 
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
-    model = OnnxModel(config.model, device=config.device)
+    model = OnnxModel(config.model, device=config.device, allow_tf32=config.tf32)
     size = config.size or model.input_size
     settings = {"model": str(model.path), "model_sha1": model_sha1(model.path), "data": str(config.data),
                 "k": config.k, "resize": config.resize, "norm": config.norm, "rule": config.rule,
@@ -156,10 +150,15 @@ def run(config: MineConfig, progress: Callable[[int, int], None] | None = None, 
             print(f"resuming at image {state.next} of {len(samples)}")
         else:
             state = TopK.empty({layer: spec.conv_channels(layer) for layer in layers}, config.k)
-        maxima = ChannelMaxima(model, layers)
-        print(f"mining {', '.join(layers)} over {len(samples)} images at {size} px on {model.device}")
-        state = stream(maxima, load, len(samples), state, config.batch_size, config.workers,
-                       lambda s: s.save(state_path, key), config.save_every, progress, bar)
+        if ray_settings is not None:
+            print(f"mining {', '.join(layers)} over {len(samples)} images at {size} px on Ray")
+            state = ray_engine.mine(ray_settings, model, samples, state, layers, size, config.resize,
+                                    config.batch_size, bar)
+        else:
+            maxima = ChannelMaxima(model, layers)
+            print(f"mining {', '.join(layers)} over {len(samples)} images at {size} px on {model.device}")
+            state = stream(maxima, load, len(samples), state, config.batch_size, config.workers,
+                           lambda s: s.save(state_path, key), config.save_every, progress, bar)
         if state.skipped:
             print(f"skipped {len(state.skipped)} unreadable image(s)")
         write_index(out, state, samples, size, {**settings, "class_names": model.class_names,
@@ -175,7 +174,8 @@ def run(config: MineConfig, progress: Callable[[int, int], None] | None = None, 
         print(f"the other {total - have} channels are listed with their values; draw them with `{draw_command(atlas)}`"
               f", or let the app draw each one on demand (python app.py --atlas {out})")
     if config.html:
-        print(f"site: open {build_site(out, bar)} in a browser (rewrite it with python -m demo.atlas_site {out})")
+        index = build_site(out, bar, config.featurevis)
+        print(f"site: open {index} in a browser (rewrite it with python -m demo.atlas_site {out})")
     return out
 
 
@@ -193,5 +193,19 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(mine, config)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def site_main(argv: list[str] | None = None) -> int:
+    """``python -m demo.atlas_site ATLAS_DIR``: (re)write the static site of an atlas (no model, no data needed)."""
+    p = argparse.ArgumentParser(prog="python -m demo.atlas_site", description=site.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("atlas", metavar="ATLAS_DIR", help="an atlas made by python -m demo.mine")
+    p.add_argument("--featurevis", metavar="DIR", default=None, help=FEATUREVIS_HELP)
+    add_debug_option(p)
+    args = p.parse_args(argv)
+
+    def write(atlas_dir: str) -> Path:
+        check_featurevis(args.featurevis)
+        index = build_site(atlas_dir, featurevis=args.featurevis)
+        print(f"wrote the site of {atlas_dir}: open {index} in a browser")
+        return index
+
+    return run_cli(write, args.atlas)

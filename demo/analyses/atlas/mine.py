@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from base import spec
+from base.cli import atomic_write
+from base.labels import Sample
 from demo.analyses.atlas import ATLAS_VERSION, BLOCK_GAP, STATE_FILE, TILE_GAP, save_npz, tile_side
 from demo.analyses.dataset import ChannelMaxima, batches, file_sha1
-from demo.cli import atomic_write
 from demo.display import OUTSIDE
-from model import spec
-from model.data import Sample
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,29 @@ class TopK:
             positions[layer] = np.take_along_axis(
                 np.concatenate([self.positions[layer], new_positions.T.astype(np.int64)], axis=1), order, axis=1)
         return TopK(values, images, positions, next_index, self.skipped + tuple(int(s) for s in skipped))
+
+    def union(self, other: TopK) -> TopK:
+        """Both snapshots' entries in one: per channel the k largest values, ties to the smaller image id, which
+        is the order ``merged`` keeps. Associative and commutative, so blocks of a data set mined apart (whose
+        images do not overlap) merge into exactly the snapshot of one streaming pass over all of them."""
+        values, images, positions = {}, {}, {}
+        for layer in self.values:
+            v = np.concatenate([self.values[layer], other.values[layer]], axis=1)  # (C, 2k)
+            im = np.concatenate([self.images[layer], other.images[layer]], axis=1)
+            pos = np.concatenate([self.positions[layer], other.positions[layer]], axis=1)
+            empty_last = np.where(im < 0, np.iinfo(np.int64).max, im)  # entries of no image (-inf) after the rest
+            order = np.lexsort((empty_last, -v), axis=1)[:, : self.k]
+            values[layer] = np.take_along_axis(v, order, axis=1)
+            images[layer] = np.take_along_axis(im, order, axis=1)
+            positions[layer] = np.take_along_axis(pos, order, axis=1)
+        return TopK(values, images, positions, max(self.next, other.next),
+                    tuple(sorted(self.skipped + other.skipped)), self.done and other.done)
+
+    def shifted(self, offset: int) -> TopK:
+        """The snapshot of a block whose image 0 is image ``offset`` of the data set (ids and ``next`` moved)."""
+        images = {n: np.where(im >= 0, im + offset, im) for n, im in self.images.items()}
+        return TopK(self.values, images, self.positions, self.next + offset,
+                    tuple(s + offset for s in self.skipped), self.done)
 
     def save(self, path: str | Path, fingerprint: str) -> None:
         """Write the snapshot to ``path`` atomically (a temporary file, then a rename)."""

@@ -7,15 +7,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from demo.analyses.atlas import STATE_FILE, grid_path
-
-if TYPE_CHECKING:
-    from demo.onnx_forward import OnnxModel
 
 
 @dataclass(frozen=True)
@@ -73,22 +69,18 @@ class Atlas:
                            int(positions[r, 0]), int(positions[r, 1]), tuple(int(b) for b in boxes[r]))
                 for r in range(len(values)) if images[r] >= 0 and values[r] > 0]
 
-    def view(self, layer: str, channel: int, model: OnnxModel | None = None, rule: str | None = None) -> np.ndarray:
+    def view(self, layer: str, channel: int, rule: str | None = None) -> np.ndarray:
         """The channel's picture (H, W, 3) uint8: projections left, patches right (``compose``'s layout).
 
-        ``rule``: the backward rule of the projections (None: the atlas's own). A picture not drawn yet is drawn
-        now when ``model`` (the atlas's own) is given, else FileNotFoundError.
+        ``rule``: the backward rule of the projections (None: the atlas's own). FileNotFoundError when the picture
+        has not been drawn yet (``demo.analyses.atlas.render.atlas_view`` draws it).
         """
         self.check(layer, channel)
         tag = None if rule in (None, self.rule) else rule
         path = grid_path(self.dir, layer, channel, tag)
         if not path.is_file():
-            if model is None:
-                raise FileNotFoundError(f"{layer} channel {channel} has no picture yet: run python -m demo.mine "
-                                        f"--out {self.dir} --resume (renders them all), or pass the model")
-            from demo.analyses.atlas.render import render
-
-            render(model, self.dir, {layer: [channel]}, bar=False, rule=rule)
+            raise FileNotFoundError(f"{layer} channel {channel} has no picture yet: run python -m demo.mine "
+                                    f"--out {self.dir} --resume (renders them all), or pass the model")
         with Image.open(path) as picture:
             return np.asarray(picture.convert("RGB"))
 
@@ -122,12 +114,3 @@ class Atlas:
 def load_atlas(atlas_dir: str) -> Atlas:
     """``Atlas(atlas_dir)``, cached (the app calls this on every selection)."""
     return Atlas(atlas_dir)
-
-
-def atlas_view(atlas_dir: str | Path, layer: str, channel: int, model: OnnxModel | None = None,
-               rule: str | None = None) -> np.ndarray:
-    """The atlas picture of ``layer``'s ``channel``: (H, W, 3) uint8, the k projections left, the k patches right.
-
-    With ``model`` (the atlas's own), a picture that was not rendered yet is drawn first (k projections).
-    """
-    return load_atlas(str(Path(atlas_dir).resolve())).view(layer, int(channel), model, rule)

@@ -18,15 +18,15 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from base import spec
+from base.labels import Sample
 from demo.analyses.atlas import BLOCK_GAP, TILE_GAP, TILES_DIR, grid_path, save_png, tile_path, tile_side
-from demo.analyses.atlas.read import Atlas
+from demo.analyses.atlas.read import Atlas, load_atlas
 from demo.analyses.dataset import Loader, batches, model_sha1
-from demo.deconv_numpy import Deconvnet
+from demo.backward import Deconvnet
 from demo.display import OUTSIDE, field_tile, grid, projection_tile
 from demo.onnx_forward import OnnxModel
 from demo.preprocess import deprocess
-from model import spec
-from model.data import Sample
 
 
 def _shrink(tile: np.ndarray, max_tile: int) -> np.ndarray:
@@ -197,3 +197,20 @@ def _compose_channel(atlas: Atlas, layer: str, c: int, tag: str | None) -> None:
     save_png(grid_path(out, layer, c, tag), compose(proj_tiles, patch_tiles))
     for path in done:
         path.unlink()
+
+
+def atlas_view(atlas: Atlas | str | Path, layer: str, channel: int, model: OnnxModel | None = None,
+               rule: str | None = None) -> np.ndarray:
+    """The atlas picture of ``layer``'s ``channel``: (H, W, 3) uint8, the k projections left, the k patches right.
+
+    ``atlas``: an ``Atlas`` or its folder. With ``model`` (the atlas's own), a picture that was not drawn yet is
+    drawn first (k projections, kept in the atlas); without it, FileNotFoundError. ``rule``: the backward rule of
+    the projections (None: the atlas's own).
+    """
+    if not isinstance(atlas, Atlas):
+        atlas = load_atlas(str(Path(atlas).resolve()))
+    atlas.check(layer, int(channel))
+    tag = None if rule in (None, atlas.rule) else rule
+    if model is not None and not grid_path(atlas.dir, layer, int(channel), tag).is_file():
+        render(model, atlas.dir, {layer: [int(channel)]}, bar=False, rule=rule)
+    return atlas.view(layer, int(channel), rule)

@@ -24,7 +24,6 @@ atlas's files (paths, class names, the data and model names) is HTML-escaped. Bu
 
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import shlex
@@ -37,10 +36,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from base import spec
+from base.cli import DEFAULT_MODEL, atomic_write
 from demo.analyses.atlas import DEFAULT_LAYERS, grid_path
+from demo.analyses.atlas.config import MineConfig
 from demo.analyses.atlas.read import Atlas, AtlasEntry
-from demo.cli import DEFAULT_MODEL, add_debug_option, atomic_write, run_cli
-from model import spec
 
 THUMB_HEIGHT = 64  # pixels
 THUMBS_DIR = "thumbs"
@@ -97,8 +97,6 @@ def thumb_path(atlas_dir: Path, layer: str, channel: int) -> Path:
 def draw_command(atlas: Atlas) -> str:
     """The shell command that draws every missing picture of ``atlas``: ``python -m demo.mine`` with the atlas's own
     settings (those that differ from the defaults), ``--resume --render all``."""
-    from demo.analyses.atlas.cli import MineConfig
-
     info = atlas.info
     default = MineConfig(data="", out="")
     args = ["python", "-m", "demo.mine", "--data", str(info.get("data", "DATA")), "--out", str(atlas.dir)]
@@ -331,28 +329,3 @@ def build_site(atlas_dir: str | Path, bar: bool = True, featurevis: str | Path |
 
 def _write(path: Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), sync=False)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m demo.atlas_site ATLAS_DIR``: (re)write the static site of an atlas (no model, no data needed)."""
-    p = argparse.ArgumentParser(prog="python -m demo.atlas_site", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("atlas", metavar="ATLAS_DIR", help="an atlas made by python -m demo.mine")
-    p.add_argument("--featurevis", metavar="DIR", default=None,
-                   help="feature visualizations to show on the channel pages: a python -m demo.featurevis --out "
-                        "folder, or a packed set such as models/featurevis")
-    add_debug_option(p)
-    args = p.parse_args(argv)
-
-    def write(atlas_dir: str) -> Path:
-        if args.featurevis is not None and not Path(args.featurevis).is_dir():
-            raise FileNotFoundError(f"--featurevis {args.featurevis}: no such folder")
-        index = build_site(atlas_dir, featurevis=args.featurevis)
-        print(f"wrote the site of {atlas_dir}: open {index} in a browser")
-        return index
-
-    return run_cli(write, args.atlas)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

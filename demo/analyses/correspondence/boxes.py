@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from demo.cli import UsageError
-from demo.preprocess import RESIZE_MODES
+from base.cli import UsageError
+from base.images import RESIZE_MODES
 
 PARTS = ("left_eye", "right_eye", "nose")  # the paper's parts for faces, in display order
 

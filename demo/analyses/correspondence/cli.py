@@ -6,14 +6,16 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from base.cli import add_model_options, atomic_write, debug_requested, run_cli
 from demo.analyses import correspondence as package
 from demo.analyses.correspondence.boxes import Annotation, InputBox, box_to_input, mask, part_order, read_boxes
+from demo.analyses.correspondence.config import DEFAULT_LAYERS, CorrespondenceConfig
 from demo.analyses.correspondence.figure import correspondence_chart, correspondence_figure
 from demo.analyses.correspondence.measure import (
     POOLED,
@@ -23,28 +25,10 @@ from demo.analyses.correspondence.measure import (
     parse_layer_list,
 )
 from demo.analyses.correspondence.table import csv_text, format_table
-from demo.cli import add_model_options, atomic_write, debug_requested, run_cli
 from demo.onnx_forward import OnnxModel
 from demo.preprocess import deprocess, load_image, normalise
 
-DEFAULT_LAYERS = ("conv4_3", "conv5_3", POOLED)
 FILES = ("correspondence.csv", "correspondence_chart.png", "correspondence.png")
-
-
-@dataclass
-class CorrespondenceConfig:
-    """One correspondence run; every field is a command-line option of the same name."""
-
-    boxes: str  # the boxes file (JSON)
-    out: str  # output folder (created)
-    model: str | None = None  # .onnx file; default models/vgg16_cat12.onnx
-    draws: int = 10  # random-baseline draws
-    seed: int = 0  # seed of the random boxes
-    layers: str = ",".join(DEFAULT_LAYERS)  # conv layers and/or "pooled", comma-separated
-    batch_size: int = 16  # images per forward pass
-    tolerance: float = 1e-4  # |eps| up to this times the layer's largest original value counts as 0
-    resize: str = "crop"  # crop (short side, centre square) or stretch
-    device: str = "auto"  # auto (CUDA if present), cuda, cpu
 
 
 def parse_args(argv: list[str] | None = None) -> CorrespondenceConfig:
@@ -118,7 +102,7 @@ def run(config: CorrespondenceConfig) -> CorrespondenceResult:
     layers = parse_layer_list(config.layers)
     annotations = read_boxes(config.boxes)
     parts = part_order(annotations)
-    model = OnnxModel(config.model, device=config.device)
+    model = OnnxModel(config.model, device=config.device, allow_tf32=config.tf32)
     images, boxes, notes = load_inputs(config, annotations, model)  # images (N, 3, size, size)
     result = correspondence(images, boxes, model_features(model, layers), parts, config.draws, config.seed,
                             config.batch_size, config.tolerance)

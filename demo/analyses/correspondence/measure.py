@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
+from base import spec
+from base.cli import UsageError
 from demo.analyses.correspondence.boxes import InputBox, mask, random_box
-from demo.cli import UsageError
-from demo.head_numpy import adaptive_pool_matrix, max_pool_2x2
+from demo.backward import adaptive_pool_matrix, max_pool_2x2
 from demo.onnx_forward import OnnxModel
-from model import spec
 
 POOLED = "pooled"  # the feature vector before the classifier
 

@@ -1,5 +1,7 @@
-"""``python -m demo.featurevis``: the command line of feature visualization (options, the run, the files). Its
-``--help`` is the package docstring."""
+"""The command lines of feature visualization: ``python -m demo.featurevis`` (options, the run, the files; its
+``--help`` is the package docstring), ``python -m demo.featurevis_pack`` (``pack_main``: a run packed into the
+compact shipped set, ``demo.analyses.featurevis.shipped``) and ``python -m demo.featurevis_figure``
+(``figure_main``: the README's figure, ``demo.analyses.featurevis.figure``)."""
 
 from __future__ import annotations
 
@@ -7,40 +9,19 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from base.cli import add_model_options, atomic_write, run_cli
 from demo.analyses import featurevis as package
-from demo.analyses.featurevis.objective import CLASS, Target, check_position, conv_biases, parse_targets
-from demo.analyses.featurevis.optimize import Result, Settings, Visualizer, batches, visualize
-from demo.cli import add_model_options, atomic_write, run_cli
-from demo.onnx_forward import OnnxModel
-from model.spec import CONV_LAYERS
-
-
-@dataclass
-class FeaturevisConfig:
-    """One run; every field is a command-line option of the same name."""
-
-    targets: list[str]  # LAYER/C, LAYER/C/Y/X, class/K, class/NAME, LAYER/all, LAYER/A-B, class/all; '-' minimises
-    out: str  # output folder (created)
-    model: str | None = None  # .onnx file; default models/vgg16_cat12.onnx
-    steps: int = 512  # Adam steps per picture
-    size: int | None = None  # picture side in pixels (a multiple of 16); default: the model's input size
-    batch: int = 8  # targets optimised together in one batch
-    seed: int = 0  # seed of the starting spectra and the transformations
-    lr: float = 0.05  # Adam's learning rate
-    copies: int = 1  # pictures per target, kept apart by the diversity term
-    diversity_weight: float = 100.0  # weight of the diversity term (with --copies > 1)
-    randomize: str | None = None  # comma-separated layers (conv names, "head") re-drawn at random first
-    randomize_seed: int = 0  # seed of those random weights
-    resume: bool = False  # skip targets already written with the same settings
-    device: str = "auto"  # auto (CUDA if present), cuda, cpu
-    threads: int | None = None  # onnxruntime's threads on the CPU
+from demo.analyses.featurevis import figure, shipped
+from demo.analyses.featurevis.config import QUALITY, FeaturevisConfig, FigureConfig, PackConfig
+from demo.analyses.featurevis.objective import CLASS, Target, check_position, parse_targets
+from demo.analyses.featurevis.optimize import Result, Settings, batches, load, visualize
 
 
 def parse_args(argv: list[str] | None = None) -> FeaturevisConfig:
@@ -74,25 +55,6 @@ def parse_args(argv: list[str] | None = None) -> FeaturevisConfig:
     return FeaturevisConfig(**{f.name: getattr(args, f.name) for f in fields(FeaturevisConfig)})
 
 
-def load(model_path: str | None, device: str = "auto", threads: int | None = None, randomize: str | None = None,
-         randomize_seed: int = 0) -> Visualizer:
-    """The Visualizer of a model file, its ``randomize`` layers re-drawn (``demo.analyses.sanity.randomize``)."""
-    model = OnnxModel(model_path, device=device, threads=threads)
-    biases = conv_biases(str(model.path))
-    if randomize:
-        from demo.analyses.sanity.randomize import ORDER, Randomizer
-
-        layers = [t.strip() for t in randomize.split(",") if t.strip()]
-        unknown = [name for name in layers if name not in ORDER]
-        if unknown or not layers:
-            raise ValueError(f"--randomize: unknown layer(s) {unknown or randomize!r}; expected names from "
-                             f"{', '.join(ORDER)}")
-        randomizer = Randomizer(model, randomize_seed)
-        model = randomizer.model_for(layers)
-        biases = {n: randomizer.draws(n)[0][1] if n in layers else biases[n] for n in CONV_LAYERS}
-    return Visualizer(model, biases)
-
-
 def paths(out: Path, target: Target) -> tuple[Path, Path]:
     """The PNG and the JSON of ``target`` in ``out``."""
     folder = out / target.layer
@@ -102,7 +64,8 @@ def paths(out: Path, target: Target) -> tuple[Path, Path]:
 def settings_record(config: FeaturevisConfig, settings: Settings, model_path: str) -> dict:
     """What the JSON records of how a picture was made (and what ``--resume`` compares)."""
     return {**asdict(settings), "model": Path(model_path).name, "randomize": config.randomize,
-            "randomize_seed": config.randomize_seed if config.randomize else None}
+            "randomize_seed": config.randomize_seed if config.randomize else None,
+            **({"tf32": True} if config.tf32 else {})}
 
 
 def to_png(images: np.ndarray) -> np.ndarray:
@@ -143,7 +106,7 @@ def run(config: FeaturevisConfig) -> list[Result]:
         raise ValueError(f"--size must be a positive multiple of 16, got {config.size}")
     if config.steps < 1:
         raise ValueError(f"--steps must be at least 1, got {config.steps}")
-    vis = load(config.model, config.device, config.threads, config.randomize, config.randomize_seed)
+    vis = load(config.model, config.device, config.threads, config.randomize, config.randomize_seed, config.tf32)
     names = vis.model.class_names
     targets: list[Target] = []
     for text in config.targets:
@@ -188,6 +151,33 @@ def run(config: FeaturevisConfig) -> list[Result]:
 def main(argv: list[str] | None = None) -> int:
     """The command: parse ``argv`` (default: sys.argv), run, and return the exit status."""
     return run_cli(run, parse_args(argv))
+
+
+def pack_main(argv: list[str] | None = None) -> int:
+    """``python -m demo.featurevis_pack SRC DST``: pack a run into the compact shipped set; the exit status."""
+    p = argparse.ArgumentParser(prog="python -m demo.featurevis_pack", description=shipped.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src", help="folder python -m demo.featurevis wrote")
+    p.add_argument("dst", help="folder of the packed set (default set: models/featurevis)")
+    p.add_argument("--model", metavar="FILE.onnx", help="the model they were made from (default: the default model)")
+    p.add_argument("--quality", type=int, default=QUALITY, help="WebP quality 1..100 (default: %(default)s)")
+    args = p.parse_args(argv)
+    return run_cli(shipped.run, PackConfig(**{f.name: getattr(args, f.name) for f in fields(PackConfig)}))
+
+
+def figure_main(argv: list[str] | None = None) -> int:
+    """``python -m demo.featurevis_figure IMAGE --out PNG``: the README's figure; the exit status."""
+    p = argparse.ArgumentParser(prog="python -m demo.featurevis_figure", description=figure.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("image", help="the image the projections are made on (e.g. examples/chelsea.png)")
+    p.add_argument("--out", required=True, help="the PNG to write")
+    p.add_argument("--units", default=FigureConfig.units, help="comma-separated channels (default: %(default)s)")
+    p.add_argument("--pictures", default=None, help="a python -m demo.featurevis folder of the trained model")
+    p.add_argument("--steps", type=int, default=128, help="steps of the pictures made now (default: %(default)s)")
+    p.add_argument("--size", type=int, default=96, help="their side in pixels (default: %(default)s)")
+    add_model_options(p, resize=False)
+    args = p.parse_args(argv)
+    return run_cli(figure.run, FigureConfig(**{f.name: getattr(args, f.name) for f in fields(FigureConfig)}))
 
 
 if __name__ == "__main__":

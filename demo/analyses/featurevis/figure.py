@@ -1,7 +1,7 @@
 """The README's figure: conv5_3 feature visualizations beside the same units' projections on an image, and the same
 units visualised on cascading-randomized models (conv5_3 random; conv4 and conv5 random; all random).
 
-    python -m demo.analyses.featurevis.figure examples/chelsea.png --units conv5_3/7,conv5_3/276 \\
+    python -m demo.featurevis_figure examples/chelsea.png --units conv5_3/7,conv5_3/276 \\
         --pictures /work/fv_out --out docs/featurevis_chelsea.png
 
 One row per unit: the feature visualization (from ``--pictures``, a ``python -m demo.featurevis`` folder made with
@@ -12,20 +12,18 @@ copy in one batch). Prints each picture's objective value reached (the pre-ReLU 
 
 from __future__ import annotations
 
-import argparse
-import sys
-from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from base.cli import atomic_write
+from base.display import reconstruction_image
 from demo import display
-from demo.analyses.featurevis.cli import load
+from demo.analyses.featurevis.config import FigureConfig
 from demo.analyses.featurevis.objective import Target, parse_targets
-from demo.analyses.featurevis.optimize import Settings, visualize
-from demo.cli import add_model_options, atomic_write, run_cli
-from demo.deconv_numpy import Deconvnet
+from demo.analyses.featurevis.optimize import Settings, load, visualize
+from demo.backward.deconvnet import Deconvnet
 from demo.preprocess import load_image, preprocess
 
 CASCADE = (("conv5_3 random", "head,conv5_3"), ("conv4-5 random", "head,conv5_3,conv5_2,conv5_1,conv4_3,conv4_2,"
@@ -34,27 +32,14 @@ CASCADE = (("conv5_3 random", "head,conv5_3"), ("conv4-5 random", "head,conv5_3,
                           "conv2_1,conv1_2,conv1_1"))
 
 
-@dataclass
-class FigureConfig:
-    """Every field is a command-line option of the same name."""
-
-    image: str
-    out: str
-    units: str = "conv5_3/7,conv5_3/85,conv5_3/276,conv5_3/441"
-    pictures: str | None = None  # a python -m demo.featurevis folder of the trained model
-    model: str | None = None
-    steps: int = 128
-    size: int = 96
-    device: str = "auto"
-
-
 def to_uint8(images: np.ndarray) -> np.ndarray:
     """(3, P, P) float RGB in [0, 1] -> (P, P, 3) uint8."""
     return (np.clip(images.transpose(1, 2, 0), 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 def run(config: FigureConfig) -> None:
-    trained = load(config.model, config.device)
+    """Make the figure ``config`` describes and write it to ``config.out``."""
+    trained = load(config.model, config.device, tf32=config.tf32)
     names = trained.model.class_names
     targets: list[Target] = []
     for text in config.units.split(","):
@@ -85,9 +70,9 @@ def run(config: FigureConfig) -> None:
     net = Deconvnet(model.weights)
     for i, t in enumerate(targets):
         projection = net.project(acts, switches, t.layer, "channel", channel=t.channel).images[0]
-        rows[i].append(display.reconstruction_image(projection)[0])
+        rows[i].append(reconstruction_image(projection)[0])
     for _, layers in CASCADE:
-        random = load(config.model, config.device, randomize=layers)
+        random = load(config.model, config.device, randomize=layers, tf32=config.tf32)
         for i, r in enumerate(visualize(random, targets, settings)):
             rows[i].append(to_uint8(r.images[0]))
             values[i].append(r.final)
@@ -103,21 +88,3 @@ def run(config: FigureConfig) -> None:
     figure = display.tile_images(tiles, captions, columns=len(heads), font_size=11)
     atomic_write(config.out, lambda p: Image.fromarray(figure).save(p, format="PNG", optimize=True), sync=False)
     print(f"wrote {config.out}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m demo.analyses.featurevis.figure", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("image", help="the image the projections are made on (e.g. examples/chelsea.png)")
-    p.add_argument("--out", required=True, help="the PNG to write")
-    p.add_argument("--units", default=FigureConfig.units, help="comma-separated channels (default: %(default)s)")
-    p.add_argument("--pictures", default=None, help="a python -m demo.featurevis folder of the trained model")
-    p.add_argument("--steps", type=int, default=128, help="steps of the pictures made now (default: %(default)s)")
-    p.add_argument("--size", type=int, default=96, help="their side in pixels (default: %(default)s)")
-    add_model_options(p, resize=False)
-    args = p.parse_args(argv)
-    return run_cli(run, FigureConfig(**{f.name: getattr(args, f.name) for f in fields(FigureConfig)}))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,7 +12,7 @@ silent on the starting image passes no gradient, so maximising the post-ReLU val
 (lucent issue 34). The pre-activation is computed here from the layer below with one 3x3 convolution of the one
 channel (the graph returns post-ReLU activations only), and its gradient is the gradient backward stage started at
 the layer with that layer's ReLU passed through (its mask set to ones): d z / d image. A class logit's signal at
-conv5_3's output is the head's backward pass (``demo.head_numpy``), masked by conv5_3's ReLU here.
+conv5_3's output is the head's backward pass (``demo.backward.head``), masked by conv5_3's ReLU here.
 """
 
 from __future__ import annotations
@@ -22,12 +22,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
 
-from demo.cli import parse_class
-from demo.head_numpy import Head, head_backward, head_forward, max_pool_2x2
-from demo.onnx_forward import _resolve
-from model.spec import CONV_LAYERS, conv_channels, pool_below
+from base.cli import parse_class
+from base.spec import CONV_LAYERS, conv_channels, pool_below
+from demo.backward.head import Head, head_backward, head_forward, max_pool_2x2
 
 CLASS = "class"
 
@@ -112,26 +110,12 @@ def check_position(target: Target, size: int) -> None:
     """ValueError when ``target``'s position lies outside its layer's map for (size, size) images."""
     if target.position is None:
         return
-    from model.spec import stride_of
+    from base.spec import stride_of
 
     side = size // stride_of(target.layer)
     if not all(0 <= p < side for p in target.position):
         raise ValueError(f"target {target.text!r}: {target.layer}'s map is {side}x{side} at {size} px; Y and X "
                          f"must lie in 0..{side - 1}")
-
-
-def conv_biases(path: str) -> dict[str, np.ndarray]:
-    """The 13 conv biases (C_out,) float32 of an exported VGG16, batch norm folded (zeros where a Conv has none)."""
-    proto = onnx.load(str(path))
-    convs = [node for node in proto.graph.node if node.op_type == "Conv"]
-    if len(convs) != len(CONV_LAYERS):
-        raise ValueError(f"expected {len(CONV_LAYERS)} Conv nodes (VGG16), found {len(convs)}")
-    biases = {}
-    for name, node in zip(CONV_LAYERS, convs, strict=True):
-        has = len(node.input) > 2 and node.input[2]
-        b = _resolve(proto.graph, node.input[2]) if has else np.zeros(conv_channels(name))
-        biases[name] = np.asarray(b, dtype=np.float32).reshape(conv_channels(name))
-    return biases
 
 
 def layer_input(layer: str, image: np.ndarray, activations: Mapping[str, np.ndarray]) -> np.ndarray:

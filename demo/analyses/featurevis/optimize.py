@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from base.spec import CONV_LAYERS
 from demo.analyses.featurevis import transforms
 from demo.analyses.featurevis.objective import CLASS, Target, diversity, objective
 from demo.analyses.featurevis.param import DECAY_POWER, SD, FourierImage, init_spectrum
-from demo.deconv_numpy import Deconvnet
-from demo.onnx_forward import OnnxModel
+from demo.backward.deconvnet import Deconvnet
+from demo.onnx_forward import OnnxModel, conv_biases
 
 LR = 0.05
 BETAS = (0.9, 0.999)
@@ -224,5 +225,24 @@ def batches(targets: Sequence[Target], batch: int) -> list[list[Target]]:
     return out
 
 
-__all__ = ["CLASS", "Adam", "Result", "Settings", "Timings", "Visualizer", "batches", "row_streams", "step",
+def load(model_path: str | None, device: str = "auto", threads: int | None = None, randomize: str | None = None,
+         randomize_seed: int = 0, tf32: bool = False) -> Visualizer:
+    """The Visualizer of a model file, its ``randomize`` layers re-drawn (``demo.analyses.sanity.randomize``)."""
+    model = OnnxModel(model_path, device=device, threads=threads, allow_tf32=tf32)
+    biases = conv_biases(str(model.path))
+    if randomize:
+        from demo.analyses.sanity.randomize import ORDER, Randomizer
+
+        layers = [t.strip() for t in randomize.split(",") if t.strip()]
+        unknown = [name for name in layers if name not in ORDER]
+        if unknown or not layers:
+            raise ValueError(f"--randomize: unknown layer(s) {unknown or randomize!r}; expected names from "
+                             f"{', '.join(ORDER)}")
+        randomizer = Randomizer(model, randomize_seed)
+        model = randomizer.model_for(layers)
+        biases = {n: randomizer.draws(n)[0][1] if n in layers else biases[n] for n in CONV_LAYERS}
+    return Visualizer(model, biases)
+
+
+__all__ = ["CLASS", "Adam", "Result", "Settings", "Timings", "Visualizer", "batches", "load", "row_streams", "step",
            "visualize"]

@@ -1,7 +1,7 @@
 """The shipped feature visualizations: a compact committed set of pictures (WebP) with an index, and the reader the
 app uses.
 
-``python -m demo.analyses.featurevis.shipped SRC DST --model FILE.onnx`` packs what ``python -m demo.featurevis``
+``python -m demo.featurevis_pack SRC DST --model FILE.onnx`` packs what ``python -m demo.featurevis``
 wrote in SRC (``SRC/LAYER/CCCC.png`` + JSON) into DST: ``DST/LAYER/CCCC.webp`` and ``DST/index.json``, which holds
 the model file's SHA-256 (a set is shown only for the model it was made from), the settings, and per target the
 objective values and whether the picture came back flat. The default set lies in ``models/featurevis/``.
@@ -9,21 +9,18 @@ objective values and whether the picture came back flat. The default set lies in
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import sys
-from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from demo.cli import REPO_ROOT, atomic_write, run_cli
+from base.cli import REPO_ROOT, atomic_write
+from demo.analyses.featurevis.config import QUALITY, PackConfig
 
 SHIPPED_DIR = REPO_ROOT / "models" / "featurevis"
 INDEX = "index.json"
-QUALITY = 85  # WebP quality of the shipped pictures
 
 
 def file_sha256(path: str | Path) -> str:
@@ -96,17 +93,8 @@ class ShippedSet:
         return {layer: len(units) for layer, units in self.index["units"].items()}
 
 
-@dataclass
-class PackConfig:
-    """Every field is a command-line option of the same name."""
-
-    src: str  # what python -m demo.featurevis wrote
-    dst: str  # the packed set (e.g. models/featurevis)
-    model: str | None = None  # the model the pictures were made from
-    quality: int = QUALITY  # WebP quality 1..100
-
-
 def run(config: PackConfig) -> dict:
+    """Pack ``config.src`` into ``config.dst``; print a summary; return the index."""
     from demo.onnx_forward import resolve_model_path
 
     if not 1 <= config.quality <= 100:
@@ -117,18 +105,3 @@ def run(config: PackConfig) -> dict:
     flat = ", ".join(index["flat"]) or "none"
     print(f"packed {count} pictures into {config.dst}/ ({size / 1e6:.1f} MB); flat: {flat}")
     return index
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m demo.analyses.featurevis.shipped", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("src", help="folder python -m demo.featurevis wrote")
-    p.add_argument("dst", help="folder of the packed set (default set: models/featurevis)")
-    p.add_argument("--model", metavar="FILE.onnx", help="the model they were made from (default: the default model)")
-    p.add_argument("--quality", type=int, default=QUALITY, help="WebP quality 1..100 (default: %(default)s)")
-    args = p.parse_args(argv)
-    return run_cli(run, PackConfig(**{f.name: getattr(args, f.name) for f in fields(PackConfig)}))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

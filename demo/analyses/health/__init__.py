@@ -2,6 +2,7 @@
 
     python -m demo.health --data ../shared/data/cat12 --out out/health
     python -m demo.health --data photos/ --model my_model.onnx --limit 500 --out out/health
+    python -m demo.health --data photos/ --out out/health --engine ray --address auto   # on a Ray cluster
 
 The paper looked at its first-layer filters (Fig. 6a-c) and saw what was wrong with the architecture: a few
 filters dominating, dead filters, too little coverage of the middle frequencies. It fixed them with a smaller

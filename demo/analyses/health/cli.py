@@ -5,31 +5,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import fields
 
+from base import spec
+from base.cli import add_model_options, run_cli
 from demo.analyses import health as package
+from demo.analyses import ray_engine
 from demo.analyses.dataset import read_samples
+from demo.analyses.health.config import HealthConfig
 from demo.analyses.health.files import FILES, save
 from demo.analyses.health.measure import RARE_FRACTION, HealthStats, measure
 from demo.analyses.health.summary import describe
-from demo.cli import add_model_options, run_cli
 from demo.onnx_forward import OnnxModel
-from model import spec
-
-
-@dataclass
-class HealthConfig:
-    """One health run; every field is a command-line option of the same name."""
-
-    data: str  # label file, folder with train_list.txt, ImageFolder tree or a folder of images
-    out: str  # output folder (created)
-    model: str | None = None  # .onnx file; default models/vgg16_cat12.onnx
-    limit: int | None = None  # only the first N images of the data
-    rare: float = RARE_FRACTION  # share of images below which a firing channel counts as rare
-    batch_size: int = 16  # images per onnxruntime call
-    workers: int = 2  # image-decoding threads
-    resize: str = "crop"  # crop (short side, centre square) or stretch
-    device: str = "auto"  # auto (CUDA if present), cuda, cpu
 
 
 def parse_args(argv: list[str] | None = None) -> HealthConfig:
@@ -46,6 +33,7 @@ def parse_args(argv: list[str] | None = None) -> HealthConfig:
                         "(default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: %(default)s)")
     p.add_argument("--workers", type=int, default=2, help="image-decoding threads (default: %(default)s)")
+    ray_engine.add_engine_options(p)
     args = p.parse_args(argv)
     for name in ("limit", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -59,14 +47,19 @@ def parse_args(argv: list[str] | None = None) -> HealthConfig:
 
 def run(config: HealthConfig, bar: bool = True) -> HealthStats:
     """Do the run that ``config`` describes; return the stats."""
+    ray_settings = ray_engine.settings_of(config)  # None: the local engine
     samples = read_samples(config.data)
     if config.limit is not None:
         samples = samples[: config.limit]
-    model = OnnxModel(config.model, device=config.device)
+    model = OnnxModel(config.model, device=config.device, allow_tf32=config.tf32)
     print(f"measuring {len(spec.CONV_LAYERS)} conv layers over {len(samples)} images at {model.input_size} px on "
-          f"{model.device}", flush=True)
-    stats = measure(model, samples, None, config.resize, config.batch_size, config.workers, config.rare,
-                    str(config.data), bar=bar)
+          f"{'Ray' if ray_settings else model.device}", flush=True)
+    if ray_settings is not None:
+        stats = ray_engine.measure(ray_settings, model, samples, None, config.resize, config.batch_size, config.rare,
+                                   str(config.data), bar=bar)
+    else:
+        stats = measure(model, samples, None, config.resize, config.batch_size, config.workers, config.rare,
+                        str(config.data), bar=bar)
     if stats.skipped:
         print(f"skipped {len(stats.skipped)} unreadable image(s)")
     save(stats, config.out, model.weights)

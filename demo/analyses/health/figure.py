@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from base import spec
 from demo.analyses.figures import figure_to_array, new_figure
 from demo.analyses.health.measure import HealthStats
 from demo.analyses.health.summary import floor_percent
 from demo.onnx_forward import OnnxModel
-from model import spec
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

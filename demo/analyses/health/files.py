@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from base import spec
+from base.cli import atomic_write
 from demo.analyses.health.figure import filters_picture, health_figure
 from demo.analyses.health.measure import CSV_COLUMNS, HealthStats, layer_table
-from demo.cli import atomic_write
-from model import spec
 
 HEALTH_VERSION = 1
 FILES = ("health.csv", "health.json", "health.png", "conv1_filters.png")

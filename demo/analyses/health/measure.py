@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
+from base import spec
+from base.labels import Sample
 from demo.analyses.dataset import ChannelMaxima, Loader, batches, model_sha1
 from demo.onnx_forward import OnnxModel
-from model import spec
-from model.data import Sample
 
 RARE_FRACTION = 0.01  # a channel firing on fewer than this share of the images is "rare"
 CSV_COLUMNS = ("layer", "channels", "dead", "dead_share", "rare", "rare_share", "firing_min", "firing_p50",
@@ -75,16 +75,38 @@ def measure(model: OnnxModel, samples: Sequence[Sample], size: int | None = None
         for chunk, ids, x, failed in batches(load, range(len(samples)), batch_size, workers):
             skipped += [str(samples[i].path) for i in failed]
             if ids:
-                for layer, (values, _) in maxima.run(x).items():  # values (B, C): each map's maximum
-                    peak[layer] = np.maximum(peak[layer], values.max(axis=0))
-                    total[layer] += values.sum(axis=0, dtype=np.float64)
-                    firing[layer] += (values > 0).sum(axis=0)
+                add_tally(peak, total, firing, batch_tally(maxima.run(x)))
                 images += len(ids)
             pbar.update(len(chunk))
             if progress is not None:
                 progress(chunk[-1] + 1, len(samples))
+    return health_stats(model, images, peak, total, firing, len(samples), size, resize, rare_fraction, data, skipped)
+
+
+def batch_tally(maxima: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, tuple[np.ndarray, ...]]:
+    """One batch's share of the measures, per layer, from ``ChannelMaxima.run``'s (maxima (B, C), positions):
+    (peak (C,) float32, sum of the maxima (C,) float64, images firing (C,) int64)."""
+    return {layer: (values.max(axis=0), values.sum(axis=0, dtype=np.float64), (values > 0).sum(axis=0))
+            for layer, (values, _) in maxima.items()}
+
+
+def add_tally(peak: dict[str, np.ndarray], total: dict[str, np.ndarray], firing: dict[str, np.ndarray],
+              tally: Mapping[str, tuple[np.ndarray, ...]]) -> None:
+    """Add one ``batch_tally`` to the running measures, in place. Batches must come in data-set order for the
+    float64 sums to be the same to the last bit (float addition is not associative)."""
+    for layer, (batch_peak, batch_total, batch_firing) in tally.items():
+        peak[layer] = np.maximum(peak[layer], batch_peak)
+        total[layer] += batch_total
+        firing[layer] += batch_firing
+
+
+def health_stats(model: OnnxModel, images: int, peak: dict[str, np.ndarray], total: dict[str, np.ndarray],
+                 firing: dict[str, np.ndarray], num_samples: int, size: int, resize: str, rare_fraction: float,
+                 data: str, skipped: list[str]) -> HealthStats:
+    """The ``HealthStats`` of a finished pass (``total``: the float64 sums of the per-image maxima); ValueError
+    when no image could be read."""
     if images == 0:
-        raise ValueError(f"none of the {len(samples)} images could be read")
+        raise ValueError(f"none of the {num_samples} images could be read")
     return HealthStats(images, peak, {layer: (t / images).astype(np.float32) for layer, t in total.items()}, firing,
                        filter_norms(model.weights), rare_fraction, str(model.path), model_sha1(model.path), data,
                        size, resize, skipped)

@@ -7,22 +7,42 @@ import argparse
 import csv
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from base.cli import add_model_options, run_cli
+from base.display import NORMS
+from base.images import IMAGE_EXTENSIONS
+from base.spec import RULES
 from demo.analyses import sanity as package
 from demo.analyses.figures import class_name
-from demo.analyses.sanity.figure import curves, filmstrip, stack
-from demo.analyses.sanity.measure import METRICS, MODES, SanityResult, parse_rules, parse_target, sanity_checks
+from demo.analyses.sanity.config import SanityConfig
+from demo.analyses.sanity.figure import curves, filmstrip, stack, summary_curves
+from demo.analyses.sanity.measure import (
+    EVIDENCE,
+    METHODS,
+    METRICS,
+    MODES,
+    SanityResult,
+    parse_methods,
+    parse_target,
+    sanity_results,
+)
+from demo.analyses.sanity.verdicts import (
+    Verdicts,
+    gather_images,
+    image_name,
+    run_verdicts,
+    summarize,
+    summarize_by,
+    write_verdicts,
+)
 from demo.analyses.sanity.view import describe
-from demo.cli import add_model_options, run_cli
-from demo.display import NORMS
 from demo.onnx_forward import OnnxModel
 from demo.preprocess import deprocess, load_image, preprocess
-from model.spec import RULES
 
 CSV_COLUMNS = ("mode", "step", "randomized", "rule", *METRICS)
 CLASS_COLUMNS = ("rule", "class", "name", *METRICS)
@@ -47,57 +67,112 @@ def write_csvs(result: SanityResult, out: Path, class_names: Sequence[str] | Non
                     writer.writerow([rule, k, class_name(class_names, k), *(f"{v:.6f}" for v in row)])
 
 
-@dataclass
-class SanityConfig:
-    """One run of the checks; every field is a command-line option of the same name."""
-
-    image: str  # the image file
-    out: str  # output folder (created)
-    model: str | None = None  # .onnx file; default models/vgg16_cat12.onnx
-    target: str = "conv5_3"  # conv5_3 | LAYER/CHANNEL | class | class/CLASS
-    rules: str = ",".join(RULES)  # comma-separated backward rules
-    mode: str = "cascading"  # cascading | independent | both
-    seed: int = 0  # seed of the random weights
-    classes: bool = True  # also the class-sensitivity check
-    norm: str = "minmax"  # display normalisation of the filmstrip's tiles
-    resize: str = "crop"  # crop (short side, centre square) or stretch
-    device: str = "auto"  # auto (CUDA if present), cuda, cpu
-
-
 def parse_args(argv: list[str] | None = None) -> SanityConfig:
     """Fill a SanityConfig from the command line."""
     p = argparse.ArgumentParser(prog="python -m demo.sanity", description=package.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("image", help="image file (any format Pillow reads)")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for the CSVs, PNGs and sanity.npz")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE",
+                   help="image file(s), label file(s) ('path<TAB>label' lines, e.g. docs/heldout_val.txt) or "
+                        "folder(s); one image and one seed: the filmstrip and the per-step CSV; more: mean +- sd "
+                        "over images and seeds")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the CSVs, PNGs and summaries")
     add_model_options(p, resize=True, norm=True)
     p.add_argument("--target", default="conv5_3",
                    help="conv5_3 (a whole conv layer), LAYER/CHANNEL (e.g. conv5_3/85: that channel's strongest "
-                        "activation), class (the trained model's top-1 class logit) or class/CLASS (index or name) "
+                        "activation), class (the trained model's top-1 class logit) or class/CLASS (index or name); "
+                        "several, comma-separated, share each step's forward pass (default: %(default)s)")
+    p.add_argument("--methods", "--rules", dest="methods", default=",".join(RULES),
+                   help=f"comma-separated methods from {', '.join(METHODS)}; the rules ({', '.join(RULES)}) map "
+                        f"every target, the others ({', '.join(EVIDENCE)}) class targets only "
                         "(default: %(default)s)")
-    p.add_argument("--rules", default=",".join(RULES),
-                   help=f"comma-separated backward rules from {', '.join(RULES)} (default: %(default)s)")
     p.add_argument("--mode", choices=MODES, default="cascading",
                    help="cascading: re-draw the layers from the head down, one more per step; independent: one "
                         "layer at a time; both (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights, >= 0 (default: %(default)s)")
+    p.add_argument("--seeds", "--seed", dest="seeds", default="0",
+                   help="seed(s) of the random weights, >= 0, comma-separated, e.g. 0,1,2 (default: %(default)s)")
     p.add_argument("--no-classes", dest="classes", action="store_false",
-                   help="skip the class-sensitivity check (one class projection per class and rule)")
+                   help="skip the class-sensitivity check (Nie et al. 2018; Sixt et al. 2020's random-logit test)")
+    p.add_argument("--compare-model", metavar="OTHER.onnx",
+                   help="also compare each method's maps with those of this model (e.g. one trained on permuted "
+                        "labels with `python -m model.train --shuffle-labels`: the data-randomization test)")
+    p.add_argument("--root", metavar="DIR",
+                   help="resolve the relative paths of label files against DIR (default: the label file's folder), "
+                        "e.g. --root ../shared/data/cat12 for docs/heldout_val.txt")
+    p.add_argument("--limit", type=int, default=0,
+                   help="at most this many images, taken round-robin over the labels (default: all)")
+    p.add_argument("--steps", default="",
+                   help="only these step numbers, comma-separated (step 0, the trained model, always), e.g. 1,2,7,14: "
+                        "head; conv5_3; conv5 and conv4; every layer random (default: every step)")
     args = p.parse_args(argv)
     return SanityConfig(**{f.name: getattr(args, f.name) for f in fields(SanityConfig)})
 
 
-def run(config: SanityConfig) -> SanityResult:
+def parse_seeds(text: str) -> list[int]:
+    """"0,1,2" -> [0, 1, 2]; ValueError on anything but non-negative integers, or none."""
+    parts = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not parts or not all(t.isdigit() for t in parts):
+        raise ValueError(f"--seeds must be non-negative integers, comma-separated, got {text!r}")
+    return list(dict.fromkeys(int(t) for t in parts))
+
+
+def parse_steps(text: str) -> list[int] | None:
+    """"1,2,7,14" -> [1, 2, 7, 14]; "" -> None (every step); ValueError on anything else."""
+    if not str(text).strip():
+        return None
+    parts = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not all(t.isdigit() for t in parts):
+        raise ValueError(f"--steps must be step numbers, comma-separated, got {text!r}")
+    return [int(t) for t in parts]
+
+
+def many(config: SanityConfig) -> bool:
+    """Whether ``config`` asks for mean +- sd over images and seeds rather than one image's filmstrip."""
+    one = len(config.inputs) == 1 and Path(config.inputs[0]).suffix.lower() in IMAGE_EXTENSIONS \
+        and Path(config.inputs[0]).is_file()
+    return not one or len(parse_seeds(config.seeds)) > 1 or "," in config.target or config.compare_model is not None
+
+
+def run_many(config: SanityConfig) -> Verdicts:
+    """The checks over every image and seed (and, with ``--compare-model``, the comparison): the CSVs and
+    ``summary.md`` of ``demo.analyses.sanity.verdicts``."""
+    seeds = parse_seeds(config.seeds)
+    methods = parse_methods(config.methods)
+    if config.limit < 0:
+        raise ValueError(f"--limit must be at least 0, got {config.limit}")
+    model = OnnxModel(config.model, device=config.device, allow_tf32=config.tf32)
+    targets = [parse_target(t, model.class_names) for t in config.target.split(",") if t.strip()]
+    other = (OnnxModel(config.compare_model, device=config.device, allow_tf32=config.tf32)
+             if config.compare_model else None)
+    samples = gather_images(config.inputs, config.root, config.limit)
+    root = Path(config.root) if config.root else None
+    note = f"Model {Path(model.path).name}" + (f"; compared with {Path(other.path).name}" if other else "") + "."
+    verdicts = run_verdicts(model, samples, targets, methods, seeds, config.mode, config.classes, other,
+                            config.resize, [image_name(s, root) for s in samples], steps=parse_steps(config.steps),
+                            after_image=lambda done: write_verdicts(done, Path(config.out), note))  # a run cut short
+    text = write_verdicts(verdicts, Path(config.out), note)
+    if verdicts.rows:
+        picture = summary_curves(summarize(verdicts.rows), summarize_by(verdicts.classes, (2,), 3),
+                                 title=f"{len(verdicts.seconds)} images, seeds {config.seeds}: mean +- sd")
+        Image.fromarray(picture).save(Path(config.out) / "sanity_summary.png")
+    print(text)
+    print(f"wrote the CSVs and summary.md to {config.out}/")
+    return verdicts
+
+
+def run(config: SanityConfig) -> SanityResult | Verdicts:
     """Do the run that ``config`` describes; write the files; return the result."""
-    if config.seed < 0:
-        raise ValueError(f"--seed must be at least 0, got {config.seed}")
+    parse_seeds(config.seeds)
     if config.norm not in NORMS:
         raise ValueError(f"--norm must be one of {NORMS}, got {config.norm!r}")
-    rules = parse_rules(config.rules)
-    model = OnnxModel(config.model, device=config.device)
+    if many(config):
+        return run_many(config)
+    seed = parse_seeds(config.seeds)[0]
+    rules = parse_methods(config.methods)
+    model = OnnxModel(config.model, device=config.device, allow_tf32=config.tf32)
     target = parse_target(config.target, model.class_names)
     x = preprocess(load_image(config.image), model.input_size, model.mean, model.std, config.resize)
-    result = sanity_checks(model, x, target, rules, config.mode, config.seed, config.classes)
+    result = sanity_results(model, x, [target], rules, config.mode, seed, config.classes,
+                            steps=parse_steps(config.steps))[0]
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     picture = deprocess(x, model.mean, model.std)

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from base.display import map_image, reconstruction_image
+from base.spec import RULES
 from demo.analyses.figures import class_name, figure_to_array, new_figure
 from demo.analyses.sanity.measure import METRICS, SanityResult, Step
 from demo.analyses.sanity.randomize import ORDER
-from demo.display import reconstruction_image
-from model.spec import RULES
 
 
 def _column_title(step: Step) -> str:
@@ -20,11 +20,17 @@ def _column_title(step: Step) -> str:
     return f"+{step.randomized[-1]}" if step.mode == "cascading" else f"{step.randomized[0]} only"
 
 
+def _tile(m: np.ndarray, norm: str) -> tuple[np.ndarray, bool]:
+    """A method's map (3, H, W) or (1, H, W) -> (H, W, 3) uint8 and ``flat``."""
+    return map_image(m[0], norm) if m.shape[0] == 1 else reconstruction_image(m, norm)
+
+
 def filmstrip(result: SanityResult, mode: str = "cascading", norm: str = "minmax", picture: np.ndarray | None = None,
               class_names: Sequence[str] | None = None) -> np.ndarray:
-    """The maps of ``mode``'s steps -> (h, w, 3) uint8 RGB: rows the rules, columns the steps (each tile normalised
-    on its own by ``demo.display.reconstruction_image``, captioned with its spearman_abs); ``picture`` (H, W, 3)
-    uint8, the input as the network saw it, opens the first row."""
+    """The maps of ``mode``'s steps -> (h, w, 3) uint8 RGB: rows the methods, columns the steps (each tile
+    normalised on its own by ``base.display.reconstruction_image``, a one-channel map (1, H, W) by
+    ``base.display.map_image``; captioned with its spearman_abs); ``picture`` (H, W, 3) uint8, the input as the
+    network saw it, opens the first row."""
     steps = result.steps(mode)
     if not steps:
         raise ValueError(f"the result has no {mode} steps")
@@ -40,7 +46,7 @@ def filmstrip(result: SanityResult, mode: str = "cascading", norm: str = "minmax
                 axes[r, 0].set_title("input", fontsize=7)
         for c, step in enumerate(steps):
             ax = axes[r, c + offset]
-            tile, flat = reconstruction_image(step.maps[rule], norm)
+            tile, flat = _tile(step.maps[rule], norm)
             ax.imshow(tile)
             ax.set_xticks([])
             ax.set_yticks([])
@@ -67,7 +73,8 @@ def curves(result: SanityResult, class_names: Sequence[str] | None = None) -> np
     panel of the class sensitivity (each other class's spearman_abs to the top-1 class's map, and their mean)."""
     import matplotlib
 
-    colours = {rule: matplotlib.colormaps["tab10"](i) for i, rule in enumerate(RULES)}
+    named = dict.fromkeys((*RULES, *result.methods))
+    colours = {rule: matplotlib.colormaps["tab10"](i % 10) for i, rule in enumerate(named)}
     panels = len(METRICS) + (result.classes is not None)
     fig = new_figure(4.2 * panels, 3.9)
     axes = fig.subplots(1, panels, squeeze=False)[0]
@@ -102,10 +109,10 @@ def curves(result: SanityResult, class_names: Sequence[str] | None = None) -> np
         ax.set_xticklabels(result.rules, fontsize=8)
         ax.set_ylim(-1.05, 1.05)
         ax.axhline(0.0, color="grey", linewidth=0.6)
-        ax.set_title(f"class sensitivity: Spearman of |map|,\nother classes vs {class_name(class_names, cs.top)} "
-                     "(bar: mean)", fontsize=9)
+        ax.set_title(f"class sensitivity (Nie et al. 2018; Sixt et al. 2020):\nSpearman of |map|, other classes vs "
+                     f"{class_name(class_names, cs.top)} (bar: mean)", fontsize=9)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"Sanity checks (Adebayo et al. 2018), {target_text(result, class_names)}, seed {result.seed}",
+    fig.suptitle(f"Model randomization (Adebayo et al. 2018), {target_text(result, class_names)}, seed {result.seed}",
                  fontsize=10)
     return figure_to_array(fig)
 
@@ -121,3 +128,48 @@ def stack(pictures: Sequence[np.ndarray], gap: int = 8) -> np.ndarray:
         top += p.shape[0] + gap
     return out
 
+
+
+def summary_curves(summary: Sequence[tuple], class_summary: Sequence[tuple] = (), metric: str = "spearman_abs",
+                   title: str = "") -> np.ndarray:
+    """Mean +- sd over images and seeds (``verdicts.SUMMARY_COLUMNS`` rows) against the step -> (h, w, 3) uint8 RGB:
+    one panel per target and mode, one line per method with a band of +- 1 sd; a last panel with the class
+    sensitivity (``(method, metric, mean, sd, n)`` rows) when given."""
+    import matplotlib
+
+    rows = [r for r in summary if r[5] == metric]
+    panels = list(dict.fromkeys((r[0], r[1]) for r in rows))
+    methods = list(dict.fromkeys(r[4] for r in rows))
+    colours = {m: matplotlib.colormaps["tab10"](i % 10) for i, m in enumerate(dict.fromkeys((*RULES, *methods)))}
+    n = len(panels) + bool(class_summary)
+    fig = new_figure(4.4 * n, 3.9)
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    for ax, (target, mode) in zip(axes, panels, strict=False):
+        for method in methods:
+            pts = sorted((r[2], r[6], r[7]) for r in rows if r[0] == target and r[1] == mode and r[4] == method)
+            x = np.array([p[0] for p in pts])
+            mean, sd = np.array([p[1] for p in pts]), np.nan_to_num(np.array([p[2] for p in pts]))
+            ax.plot(x, mean, marker="o", markersize=3, color=colours[method], label=method)
+            ax.fill_between(x, mean - sd, mean + sd, color=colours[method], alpha=0.2, linewidth=0)
+        ticks = sorted({r[2] for r in rows if r[0] == target and r[1] == mode})
+        ax.set_xticks(ticks)
+        ax.set_xticklabels(["trained" if k == 0 else f"{k}: {ORDER[k - 1]}" for k in ticks], rotation=90, fontsize=7)
+        ax.set_ylim(-1.05 if metric == "spearman" else -0.05, 1.05)
+        ax.axhline(0.0, color="grey", linewidth=0.6)
+        ax.set_title(f"{target}, {mode}", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"{metric} to the trained model's map", fontsize=8)
+    axes[0].legend(fontsize=8)
+    if class_summary:
+        ax = axes[-1]
+        cls = [r for r in class_summary if r[1] == metric]
+        ax.bar(range(len(cls)), [r[2] for r in cls], yerr=[0 if np.isnan(r[3]) else r[3] for r in cls],
+               color=[colours.get(r[0]) for r in cls], capsize=3)
+        ax.set_xticks(range(len(cls)))
+        ax.set_xticklabels([r[0] for r in cls], fontsize=8)
+        ax.set_ylim(-0.05 if metric != "spearman" else -1.05, 1.05)
+        ax.set_title("class sensitivity (Nie et al. 2018; Sixt et al. 2020):\ntop-1 class vs the others", fontsize=9)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return figure_to_array(fig)

@@ -1,6 +1,12 @@
 """The randomized models of the sanity checks: where each layer's parameters live in the ONNX graph, the seeded
-re-draws from training's initial distribution, an onnxruntime session whose initializers are overridden with them
-(``NchwcTransformer`` disabled), and the NumPy deconvnet on the same randomized weights."""
+re-draws from training's initial distribution, an onnxruntime session of a copy of the graph whose initializers
+hold them, the check that the session really computes with them, and the NumPy deconvnet on the same weights.
+
+One route for every execution provider: the randomized model is a copy of the ModelProto with the replaced
+initializers, serialised and loaded from bytes into a new session with the trained model's providers and options
+(``OnnxModel.new_session``). The weights are part of the graph, so every provider and every graph optimisation
+sees them (``SessionOptions.add_initializer`` overrides are ignored by the CUDA provider and by the CPU's
+``NchwcTransformer``, measured with onnxruntime 1.31)."""
 
 from __future__ import annotations
 
@@ -13,17 +19,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import numpy_helper
 
-from demo.deconv_kernels import DeconvWeight, prepare_weight
-from demo.deconv_numpy import Deconvnet
-from demo.head_numpy import Head
-from demo.onnx_forward import OnnxModel, session_options
-from model.spec import CONV_LAYERS, INPUT_NAME, OUTPUT_NAMES, PROBS_NAME
+from base.spec import CONV_LAYERS, INPUT_NAME, OUTPUT_NAMES, PROBS_NAME, pool_below
+from demo.backward import Deconvnet, DeconvWeight, Head, head_forward, max_pool_2x2, prepare_weight
+from demo.onnx_forward import OnnxModel
 
 HEAD = "head"  # the class head's Linear layers, randomized together
 ORDER: tuple[str, ...] = (HEAD, *reversed(CONV_LAYERS))  # cascading order, top down: head, conv5_3, ..., conv1_1
 LINEAR_STD = 0.01  # std of a randomized Linear weight (model.vgg: normal(0, 0.01))
-DISABLED_OPTIMIZERS = ("NchwcTransformer",)  # ignores add_initializer's overrides (onnxruntime 1.31)
 
 Forward = tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]  # probs (N, K), activations, switches
 
@@ -189,22 +193,76 @@ def draw_layer(model: OnnxModel, layer: str, seed: int = 0) -> list[tuple[np.nda
             for shape, std in zip(shapes, stds, strict=True)]
 
 
-def override_session(model: OnnxModel, initializers: Mapping[str, np.ndarray]) -> ort.InferenceSession:
-    """A session on ``model``'s file (same providers and threads) whose initializers ``initializers`` (name -> array
-    in the graph's layout) replace the file's; ``NchwcTransformer`` disabled (it would ignore them)."""
-    base = model.session
-    options = session_options(base.get_session_options().intra_op_num_threads)
-    values = {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-              for name, a in initializers.items()}
-    for name, value in values.items():
-        options.add_initializer(name, value)
-    providers = base.get_providers()
-    provider_options = base.get_provider_options()
-    session = ort.InferenceSession(str(model.path), options, providers=providers,
-                                   provider_options=[provider_options.get(p, {}) for p in providers],
-                                   disabled_optimizers=list(DISABLED_OPTIMIZERS))
-    session._overrides = values  # the OrtValues must live as long as the session
-    return session
+def randomized_proto(proto: onnx.ModelProto, initializers: Mapping[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of ``proto`` whose initializers ``initializers`` (name -> array in the graph's layout) replace its
+    own; ``proto`` is left as it is. KeyError for a name the graph has no initializer of."""
+    clone = onnx.ModelProto()
+    clone.CopyFrom(proto)
+    inits = {init.name: init for init in clone.graph.initializer}
+    for name, value in initializers.items():
+        inits[name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(value, dtype=np.float32), name))
+    return clone
+
+
+def _header(number: int, length: int) -> bytes:
+    """Protocol buffers' wire header of a length-delimited field ``number`` of ``length`` bytes."""
+    out = bytearray()
+    for value in ((number << 3) | 2, length):
+        while value > 0x7F:
+            out.append((value & 0x7F) | 0x80)
+            value >>= 7
+        out.append(value)
+    return bytes(out)
+
+
+class SerialisedGraph:
+    """A ModelProto cut into serialised pieces, so that a copy with some initializers replaced is serialised by
+    joining bytes: the model without its graph, the graph without its initializers, and each initializer.
+
+    ``bytes_with(initializers)`` equals ``randomized_proto(proto, initializers).SerializeToString()`` once parsed
+    (protocol buffers merge a message's fields in any order; the initializers come last), at the cost of a copy
+    of the bytes instead of a copy of the message and a serialisation of every tensor.
+    """
+
+    MODEL_GRAPH, GRAPH_INITIALIZER = 7, 5  # field numbers of ModelProto.graph and GraphProto.initializer
+
+    def __init__(self, proto: onnx.ModelProto) -> None:
+        shell = onnx.ModelProto()
+        shell.CopyFrom(proto)
+        self.order = [init.name for init in shell.graph.initializer]
+        self.tensors = {init.name: init.SerializeToString() for init in shell.graph.initializer}
+        del shell.graph.initializer[:]
+        self.graph = shell.graph.SerializeToString()
+        shell.ClearField("graph")
+        self.model = shell.SerializeToString()
+
+    @staticmethod
+    def tensor_bytes(name: str, value: np.ndarray) -> bytes:
+        """The serialised float32 TensorProto ``name`` holding ``value``."""
+        return numpy_helper.from_array(np.ascontiguousarray(value, dtype=np.float32), name).SerializeToString()
+
+    def bytes_with(self, initializers: Mapping[str, np.ndarray | bytes]) -> bytes:
+        """The serialised model with ``initializers`` (name -> array in the graph's layout, or its ``tensor_bytes``)
+        replacing its own."""
+        unknown = [name for name in initializers if name not in self.tensors]
+        if unknown:
+            raise KeyError(f"no initializer named {unknown}")
+        tensors = [self.tensors[name] if name not in initializers else initializers[name]
+                   if isinstance(initializers[name], bytes) else self.tensor_bytes(name, initializers[name])
+                   for name in self.order]
+        pieces = [self.graph]
+        for t in tensors:
+            pieces += [_header(self.GRAPH_INITIALIZER, len(t)), t]
+        size = sum(len(p) for p in pieces)
+        return b"".join([self.model, _header(self.MODEL_GRAPH, size), *pieces])  # one copy of the bytes
+
+
+def override_session(model: OnnxModel, initializers: Mapping[str, np.ndarray],
+                     proto: onnx.ModelProto | None = None) -> ort.InferenceSession:
+    """A session, with ``model``'s providers, provider options and threads, of a copy of its graph (``proto``,
+    default: its file) whose initializers ``initializers`` replace the file's; loaded from serialised bytes."""
+    proto = proto if proto is not None else onnx.load(str(model.path))
+    return model.new_session(randomized_proto(proto, initializers).SerializeToString())
 
 
 def run_session(session: ort.InferenceSession, image: np.ndarray) -> Forward:
@@ -216,11 +274,72 @@ def run_session(session: ort.InferenceSession, image: np.ndarray) -> Forward:
     return out[PROBS_NAME], activations, switches
 
 
+SAMPLES = 8  # positions per layer at which check_randomized recomputes a conv
+
+
+def _conv_at(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """ReLU of the 3x3 convolution (padding 1) of ``x`` (C_in, H, W) at positions (rows, cols) (P,): (P, C_out)."""
+    C, H, W = x.shape
+    padded = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1)))
+    patches = np.stack([padded[:, r : r + 3, c : c + 3].reshape(-1) for r, c in zip(rows, cols, strict=True)])
+    return np.maximum(patches @ weight.reshape(weight.shape[0], -1).T.astype(np.float64) + bias, 0)
+
+
+def check_randomized(rand: Randomizer, randomized: Sequence[str], image: np.ndarray, forward: Forward,
+                     trained: Forward) -> None:
+    """RuntimeError naming each layer of ``randomized`` that the randomized forward pass ``forward`` of ``image``
+    (1, 3, H, W) did not compute with its drawn weights; ``trained`` is the trained model's forward pass.
+
+    Each layer is checked on its own, from the pass's own input to it: a conv's activation at ``SAMPLES``
+    positions is recomputed in NumPy (float64) from the activation below (max-pooled where a pool lies between)
+    with the drawn and with the trained parameters, and must be nearer the drawn one; the head's probabilities,
+    recomputed from conv5_3, likewise (a tie, where both give the same numbers, passes: nothing tells them
+    apart). A pass whose activation (probabilities, for the head) of a randomized layer equals the trained pass's
+    is refused too.
+    """
+    ignored = []
+    _, activations, _ = forward
+    rng = np.random.default_rng(0)
+    for layer in randomized:
+        if layer == HEAD:
+            got = forward[0].astype(np.float64)
+            feature = activations[CONV_LAYERS[-1]]
+            drawn, kept = (_softmax(head_forward(h, feature).logits) for h in (rand.head((HEAD,)), rand.model.head))
+            if np.array_equal(forward[0], trained[0]) or np.abs(got - drawn).sum() > np.abs(got - kept).sum():
+                ignored.append(layer)
+            continue
+        i = CONV_LAYERS.index(layer)
+        x = image[0] if i == 0 else activations[CONV_LAYERS[i - 1]]
+        if i and pool_below(layer) is not None:
+            x = max_pool_2x2(x)[0]
+        x = x[0] if x.ndim == 4 else x
+        out = activations[layer][0]  # (C_out, h, w)
+        _, h, w = out.shape
+        flat = rng.choice(h * w, size=min(SAMPLES, h * w), replace=False)
+        rows, cols = flat // w, flat % w
+        got = out[:, rows, cols].T.astype(np.float64)  # (P, C_out)
+        (weight, bias), = rand.draws(layer)
+        drawn = _conv_at(x, weight, bias, rows, cols)
+        kept = _conv_at(x, rand.model.weights[layer], rand.trained_bias(layer), rows, cols)
+        if np.array_equal(activations[layer], trained[1][layer]) or \
+                np.abs(got - drawn).sum() > np.abs(got - kept).sum():
+            ignored.append(layer)
+    if ignored:
+        raise RuntimeError(f"onnxruntime ignored the randomized weights of {', '.join(ignored)} (randomized: "
+                           f"{'+'.join(randomized)}): its forward pass computes with the trained ones")
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
 def _deconvnet(weights: Mapping[str, np.ndarray], layouts: Mapping[str, DeconvWeight]) -> Deconvnet:
     """``Deconvnet(weights)`` with the transposed-convolution layouts ``layouts`` prepared beforehand (each layer's
     once per state, trained or random, instead of all 13 per step); tests check it against the constructor."""
     # The only place that reaches into Deconvnet's private state (``_wmats``, ``_model``, as its __init__ sets
-    # them): replace this body by a public constructor taking prepared layouts once demo.deconv_numpy offers one.
+    # them): replace this body by a public constructor taking prepared layouts once demo.backward.deconvnet offers one.
     net = Deconvnet.__new__(Deconvnet)
     net.weights = {name: weights[name] for name in CONV_LAYERS}
     net._wmats = {name: layouts[name] for name in CONV_LAYERS}
@@ -230,13 +349,16 @@ def _deconvnet(weights: Mapping[str, np.ndarray], layouts: Mapping[str, DeconvWe
 
 class Randomizer:
     """A trained model and its seeded random re-draws (``draw_layer``), cached per layer: the weights, head,
-    initializer overrides, onnxruntime session and NumPy deconvnet of any set of randomized layers."""
+    replaced initializers, onnxruntime session and NumPy deconvnet of any set of randomized layers."""
 
     def __init__(self, model: OnnxModel, seed: int = 0) -> None:
         if seed < 0:
             raise ValueError(f"the seed must be at least 0, got {seed}")
         self.model, self.seed = model, seed
         self.slots = model_slots(model)
+        self.proto = onnx.load(str(model.path))  # the trained graph
+        self.serialised = SerialisedGraph(self.proto)  # its pieces, joined for each randomized session
+        self._tensors: dict[str, bytes] = {}  # initializer name -> its drawn value serialised
         self._draws: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         self._layouts: dict[tuple[str, bool], DeconvWeight] = {}  # (layer, randomized) -> layout
 
@@ -274,8 +396,22 @@ class Randomizer:
         return out
 
     def session(self, randomized: Sequence[str]) -> ort.InferenceSession:
-        """An onnxruntime session of the model with the layers in ``randomized`` re-drawn (``override_session``)."""
-        return override_session(self.model, self.overrides(randomized))
+        """An onnxruntime session of the model with the layers in ``randomized`` re-drawn: the serialised graph
+        with the replaced initializers (``SerialisedGraph``), loaded on the model's providers and options."""
+        overrides = self.overrides(randomized)
+        for name, value in overrides.items():
+            if name not in self._tensors:  # each drawn tensor serialised once, then joined in every step
+                self._tensors[name] = SerialisedGraph.tensor_bytes(name, value)
+        drawn = {name: self._tensors[name] for name in overrides}
+        return self.model.new_session(self.serialised.bytes_with(drawn))
+
+    def trained_bias(self, layer: str) -> np.ndarray:
+        """The trained bias (C_out,) float32 of conv ``layer`` as its Conv node adds it (zeros when it has none)."""
+        bias = self.slots[layer][0].bias
+        if bias is None:
+            return np.zeros(self.model.weights[layer].shape[0], np.float32)
+        init = next(i for i in self.proto.graph.initializer if i.name == bias.name)
+        return (numpy_helper.to_array(init).astype(np.float32) * np.float32(bias.scale)).reshape(-1)
 
     def deconvnet(self, randomized: Sequence[str]) -> Deconvnet:
         """The NumPy deconvnet on ``weights(randomized)``; each layer's transposed-conv layout is prepared once."""

@@ -8,13 +8,13 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from base.spec import RULES
 from demo.analyses.figures import class_name
 from demo.analyses.sanity.figure import curves, filmstrip, target_text
 from demo.analyses.sanity.measure import SanityResult, sanity_checks
 from demo.analyses.sanity.randomize import ORDER
 from demo.onnx_forward import OnnxModel
 from demo.preprocess import deprocess
-from model.spec import RULES
 
 
 def _fmt(x: float) -> str:
@@ -24,17 +24,18 @@ def _fmt(x: float) -> str:
 def describe(result: SanityResult, class_names: Sequence[str] | None = None) -> str:
     """A short Markdown summary: per rule, the similarity once every layer is randomized (cascading) and the
     lowest after one layer alone (independent), and the class sensitivity."""
-    lines = [f"**Sanity checks** (Adebayo et al. 2018) of {target_text(result, class_names)}, seed {result.seed}: "
-             "similarity to the trained model's map as Spearman of |map| / Spearman / SSIM (1: unchanged)."]
+    lines = [f"**Sanity checks** of {target_text(result, class_names)}, seed {result.seed}: model randomization "
+             "(Adebayo et al. 2018), similarity to the trained model's map as Spearman of |map| / Spearman / SSIM "
+             "(1: unchanged); class sensitivity (Nie et al. 2018; Sixt et al. 2020's random-logit test)."]
     header = ["rule"]
     if result.cascading:
-        header.append(f"all {len(result.cascading) - 1} layers random")
+        header.append(f"{len(result.cascading[-1].randomized)} layers random")
     if result.independent:
         header.append("least similar, one layer alone")
     if result.classes is not None:
         header.append(f"vs other classes (mean Spearman of abs; top-1 {class_name(class_names, result.classes.top)})")
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for rule in result.rules:
+    for rule in result.methods:
         row = [rule]
         if result.cascading:
             row.append(" / ".join(_fmt(v) for v in result.cascading[-1].scores[rule]))

@@ -4,7 +4,7 @@ It mirrors the PyTorch reference ``model/deconvnet.py`` (same functions, modes, 
 agree with it to a relative error of 1e-4 (``tests/test_deconv_numpy.py``, ``tests/test_rules.py``). The recipe,
 from a conv layer down to the image, for that layer and each conv layer below it:
 
-1. back through the layer's ReLU by the backward rule (``model.spec.RULES``; s the signal arriving from above,
+1. back through the layer's ReLU by the backward rule (``base.spec.RULES``; s the signal arriving from above,
    a the ReLU's forward output, i.e. the post-ReLU activation the ONNX graph returns, > 0 exactly where the
    ReLU's input is):
 
@@ -13,18 +13,18 @@ from a conv layer down to the image, for that layer and each conv layer below it
    - ``"gradient"``: s where a > 0, the ReLU's derivative (Simonyan et al. 2014, arXiv 1312.6034): a signal S
      placed at layer L then projects to the gradient d <S, a_L(x)> / dx;
 
-   a rule per layer is a sequence or a dict keyed by conv name (``model.spec.layer_rules``),
+   a rule per layer is a sequence or a dict keyed by conv name (``base.spec.layer_rules``),
 2. the transposed 3x3 convolution (padding 1) with the layer's own weights, batch norm folded, no bias,
 3. if a 2x2 max-pool feeds the layer, unpooling: each value goes back to where its switch says the maximum
-   was (``model.spec.SWITCH_CONVENTION``: per-plane flat index), the other three positions get zero.
+   was (``base.spec.SWITCH_CONVENTION``: per-plane flat index), the other three positions get zero.
 
 Unpooling and the transposed convolutions are the same for every rule; the rule is applied in the copy that
-feeds each transposed convolution, unpooling too (``demo.deconv_kernels``: the methods and the copies;
-``demo.deconv_winograd``: Winograd's F(4x4, 3x3); ``demo.deconv_direct``: im2col and col2im;
-``demo.deconv_threads``: the threads; ``demo.deconv_descent``: the rows' way down).
+feeds each transposed convolution, unpooling too (``demo.backward.kernels``: the methods and the copies;
+``demo.backward.winograd``: Winograd's F(4x4, 3x3); ``demo.backward.direct``: im2col and col2im;
+``demo.backward.threads``: the threads; ``demo.backward.descent``: the rows' way down).
 
 Class projections (``Deconvnet.project_class``) start from a class score (the logit, before softmax): the head's
-backward pass (``demo.head_numpy``, with the rule at its own ReLUs) gives the signal at conv5_3's output, which
+backward pass (``demo.backward.head``, with the rule at its own ReLUs) gives the signal at conv5_3's output, which
 then descends from conv5_3 as above (the rule applies at conv5_3's ReLU too).
 
 Projections of single activations ("channel", "topk") touch only the receptive field: each step computes the
@@ -37,7 +37,7 @@ im2col's positions of all rows). Each row keeps its own receptive-field window: 
 size (the largest box) but each sits around its own row's box, so nine activations far apart cost what they cost
 alone. Unpooling reads each row's switches (as codes, made once per switches array) from its image
 (``image_of``). While windows are small the rows go through each layer together; once a batch would outgrow the
-cache (``demo.deconv_descent.BATCH_BYTES``), it goes on in groups. Rows that go down together round differently
+cache (``demo.backward.descent.BATCH_BYTES``), it goes on in groups. Rows that go down together round differently
 from rows going alone (to about 1e-6 of the largest value).
 """
 
@@ -48,13 +48,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from demo.deconv_descent import BATCH_BYTES, _net, _project_batch, _project_points
-from demo.deconv_kernels import DeconvWeight, _unpool_rows, deconv, prepare_weight, relu_backward, unpool
-from demo.head_numpy import Head, head_backward, head_forward
-from model.spec import CONV_LAYERS, HEAD_RELUS, RULES, Rule, layer_rules
+from base.spec import CONV_LAYERS, HEAD_RELUS, RULES, Rule, layer_rules, steps_down
+from demo.backward.descent import BATCH_BYTES, _check_geometry, _net, _project_batch, _project_points
+from demo.backward.head import Head, head_backward, head_forward
+from demo.backward.kernels import (
+    DeconvWeight,
+    Place,
+    _deconv_rows,
+    _unpool_rows,
+    deconv,
+    prepare_weight,
+    relu_backward,
+    unpool,
+)
 
 __all__ = [
-    "BATCH_BYTES", "MODES", "RULES", "DeconvWeight", "Deconvnet", "Projection", "_unpool_rows", "deconv",
+    "BATCH_BYTES", "MODES", "RULES", "DeconvWeight", "Deconvnet", "Projection", "_unpool_rows", "deconv", "descend_to",
     "prepare_weight", "project_down", "relu_backward", "strongest", "top_channels", "unpool",
 ]  # fmt: skip
 
@@ -72,18 +81,57 @@ class Projection:
 
 def project_down(signal: np.ndarray, layer: str, weights: Mapping[str, np.ndarray],
                  switches: Mapping[str, np.ndarray], image_of: np.ndarray | None = None, rule: Rule = "deconvnet",
-                 activations: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+                 activations: Mapping[str, np.ndarray] | None = None, to_layer: str | None = None) -> np.ndarray:
     """Project ``signal`` (B, C, h, w), placed at the output of conv ``layer``, down to pixels (B, 3, H, W).
 
     ``weights`` maps conv names to (C_out, C_in, 3, 3); ``switches`` maps pool names to (N, C, h', w') int64, the
     switches of row b being those of image ``image_of[b]`` (default: N = B and row b's own). ``rule``: the backward
-    rule at each ReLU (``model.spec.layer_rules``); the rules other than "deconvnet" need ``activations``, conv
+    rule at each ReLU (``base.spec.layer_rules``); the rules other than "deconvnet" need ``activations``, conv
     name -> (N, C, h', w') post-ReLU forward activation, for the layers they apply to (row b reads image
-    ``image_of[b]``'s).
+    ``image_of[b]``'s). ``to_layer``: stop at the output of that conv (at or below ``layer``), before its ReLU's
+    rule, and return the signal there (B, C', h', w') (``descend_to``).
     """
-    wmats = {name: prepare_weight(weights[name]) for name in CONV_LAYERS[: CONV_LAYERS.index(layer) + 1]}
     image_of = np.arange(signal.shape[0]) if image_of is None else np.asarray(image_of, dtype=np.int64)
+    if to_layer is not None:
+        return descend_to(signal, layer, to_layer, weights, switches, image_of, rule, activations)
+    wmats = {name: prepare_weight(weights[name]) for name in CONV_LAYERS[: CONV_LAYERS.index(layer) + 1]}
     return _project_batch(signal, layer, _net(wmats, switches, layer, rule, activations), image_of)
+
+
+def descend_to(signal: np.ndarray, layer: str, to_layer: str, weights: Mapping[str, np.ndarray | DeconvWeight],
+               switches: Mapping[str, np.ndarray], image_of: np.ndarray, rule: Rule = "gradient",
+               activations: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+    """Take ``signal`` (B, C, h, w) at the output of conv ``layer`` down to the output of conv ``to_layer``.
+
+    The same steps as the descent to pixels (rule at each ReLU, transposed convolution, unpooling), on whole
+    maps, for the convs above ``to_layer``; returns (B, C', h', w') float32, the signal arriving at ``to_layer``'s
+    post-ReLU output (its own ReLU not applied). With rule "gradient" and a class logit's signal that is
+    d logit / d a_to_layer, what Grad-CAM weighs the maps with. ``weights``: raw (C_out, C_in, 3, 3) or prepared.
+    """
+    for name in (layer, to_layer):
+        if name not in CONV_LAYERS:
+            raise ValueError(f"unknown layer {name!r}; expected one of {', '.join(CONV_LAYERS)}")
+    if CONV_LAYERS.index(to_layer) > CONV_LAYERS.index(layer):
+        raise ValueError(f"cannot descend from {layer} to {to_layer}, which lies above it")
+    steps = steps_down(layer)[: CONV_LAYERS.index(layer) - CONV_LAYERS.index(to_layer)]  # top down, to_layer excluded
+    _check_geometry(steps)
+    rules = layer_rules(rule, [step.name for step in steps])
+    x = np.asarray(signal, dtype=np.float32)
+    for step in steps:
+        name = step.name
+        masked = rules[name] != "deconvnet"
+        if masked and (activations is None or name not in activations):
+            raise ValueError(f"the rule {rules[name]!r} needs the forward activation of {name} (pass activations=)")
+        x = relu_backward(x, np.asarray(activations[name])[image_of] if masked else None, rules[name])
+        w = weights[name]
+        wmat = w if isinstance(w, DeconvWeight) else prepare_weight(np.asarray(w, dtype=np.float32))
+        B, C, h, w_ = x.shape
+        rows = _deconv_rows(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), [Place(0, B, (0, h, 0, w_), (0, 0))],
+                            wmat, rule=None, size=(h, w_))
+        x = np.ascontiguousarray(rows.transpose(0, 3, 1, 2))
+        if step.pool is not None:
+            x = unpool(x, np.asarray(switches[step.pool])[image_of])
+    return x
 
 
 def strongest(activation: np.ndarray, channel: int) -> tuple[np.ndarray, np.ndarray]:
@@ -119,7 +167,7 @@ class Deconvnet:
         weights: conv name -> forward weight (C_out, C_in, 3, 3) float32, batch norm folded; for an
             ``demo.onnx_forward.OnnxModel`` that is ``model.weights`` (or use ``Deconvnet.from_model``).
 
-    Every projection takes ``rule`` (``model.spec.RULES``, or one per layer, see ``model.spec.layer_rules``):
+    Every projection takes ``rule`` (``base.spec.RULES``, or one per layer, see ``base.spec.layer_rules``):
     "deconvnet" (the default), "guided" or "gradient".
     """
 
@@ -138,14 +186,16 @@ class Deconvnet:
 
     def project_down(self, signal: np.ndarray, layer: str, switches: Mapping[str, np.ndarray],
                      image_of: np.ndarray | None = None, rule: Rule = "deconvnet",
-                     activations: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+                     activations: Mapping[str, np.ndarray] | None = None, to_layer: str | None = None) -> np.ndarray:
         """Project ``signal`` (B, C, h, w) at the output of conv ``layer`` to pixels (B, 3, H, W), in one pass.
 
         ``switches`` maps pool names to (N, C, h', w'); row b uses image ``image_of[b]``'s (default: its own, N = B).
         Rules other than "deconvnet" need ``activations`` (conv name -> (N, C, h', w'), post-ReLU) of the layers at
-        and below ``layer``, read the same way.
+        and below ``layer``, read the same way. ``to_layer``: stop at that conv's output instead (``descend_to``).
         """
         image_of = np.arange(signal.shape[0]) if image_of is None else np.asarray(image_of, dtype=np.int64)
+        if to_layer is not None:
+            return descend_to(signal, layer, to_layer, self._wmats, switches, image_of, rule, activations)
         return _project_batch(signal, layer, _net(self._wmats, switches, layer, rule, activations), image_of)
 
     def project_points(self, activation: np.ndarray, layer: str, switches: Mapping[str, np.ndarray],
@@ -212,7 +262,7 @@ class Deconvnet:
         default: the one of the model given to ``from_model``), recomputed from conv5_3's activation. Its backward
         pass (``rule`` at torchvision's head ReLUs "fc6", "fc7") gives d logit / d conv5_3, which descends from
         conv5_3 with the rule, conv5_3's ReLU included. With "gradient" the images are d logit / d input. A rule
-        per ReLU lists the head's ReLUs after the convs (``model.spec.RELUS``).
+        per ReLU lists the head's ReLUs after the convs (``base.spec.RELUS``).
         """
         head = head if head is not None else getattr(self._model, "head", None)
         if head is None:

@@ -26,6 +26,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 EXIF_ORIENTATION = 0x0112
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+RESIZE_MODES = ("crop", "stretch")  # bringing an image to the input size: centre crop (as in training) or squash
 
 
 class ImageError(ValueError):

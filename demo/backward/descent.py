@@ -1,7 +1,7 @@
 """The descent of the NumPy deconvnet: rows of signals, each in its receptive-field window, down to pixels.
 
-``demo/deconv_numpy.py`` holds the public functions and modes; this module runs their rows down the layers
-(``_descend``), each step's arithmetic being ``demo.deconv_kernels``'s. Rows are channels last, (B, h, w, C):
+``demo/backward/deconvnet.py`` holds the public functions and modes; this module runs their rows down the layers
+(``_descend``), each step's arithmetic being ``demo.backward.kernels``'s. Rows are channels last, (B, h, w, C):
 row b is the window at ``origin[b]`` of its feature map, ``boxes[b]`` bounding its non-zero part. Each step
 grows the boxes by 1 (a 3x3 transposed convolution) and doubles them (unpooling), and computes only the windows:
 one common size per step (the largest box), each placed around its own row's box. Unpooling happens inside the
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from demo.deconv_kernels import Box, DeconvWeight, Place, _deconv_rows, _runs, switch_codes
-from model.spec import CONV_LAYERS, Rule, layer_rules, pool_below
+from base.spec import ConvStep, Rule, layer_rules, steps_down
+from demo.backward.kernels import Box, DeconvWeight, Place, _deconv_rows, _runs, switch_codes
 
 BATCH_BYTES = 4 << 20  # rows go through a layer together while their inputs and outputs fit this
 
@@ -42,7 +42,9 @@ def _net(wmats: Mapping[str, DeconvWeight], switches: Mapping[str, np.ndarray], 
          activations: Mapping[str, np.ndarray] | None) -> _Net:
     """The descent from conv ``layer``: each layer's rule, the switch codes of the pools on the way, and the
     activations the masking rules need (their shapes are checked on the way down, ``_check``)."""
-    names = CONV_LAYERS[: CONV_LAYERS.index(layer) + 1]
+    steps = steps_down(layer)[::-1]  # bottom up
+    _check_geometry(steps)
+    names = [step.name for step in steps]
     rules = layer_rules(rule, names)
     masked = [name for name, r in rules.items() if r != "deconvnet"]
     missing = [name for name in masked if activations is None or name not in activations]
@@ -50,9 +52,18 @@ def _net(wmats: Mapping[str, DeconvWeight], switches: Mapping[str, np.ndarray], 
         raise ValueError(f"the rules {sorted({rules[n] for n in missing})} need the forward activations of "
                          f"{', '.join(missing)} (pass activations=)")
     acts = {name: _derived("channels last", activations[name], _channels_last) for name in masked}
-    pools = [pool_below(name) for name in names if pool_below(name) is not None]
+    pools = [step.pool for step in steps if step.pool is not None]
     codes = {pool: _derived("switch codes", switches[pool], switch_codes) for pool in pools}
     return _Net(wmats, codes, rules, acts)
+
+
+def _check_geometry(steps: Sequence[ConvStep]) -> None:
+    """ValueError unless every step is what the kernels implement: 3x3 convs, stride 1, padding 1; 2x2/2 pools."""
+    for s in steps:
+        if (s.kernel, s.stride, s.padding) != (3, 1, 1) or (s.pool and (s.pool_kernel, s.pool_stride) != (2, 2)):
+            raise ValueError(f"{s.name}: the NumPy stage runs 3x3 convolutions of stride 1 and padding 1 after 2x2/2 "
+                             f"pools, not kernel {s.kernel}, stride {s.stride}, padding {s.padding}, pool "
+                             f"{s.pool_kernel}x{s.pool_kernel}/{s.pool_stride}")
 
 
 def _channels_last(activation: np.ndarray) -> np.ndarray:
@@ -126,10 +137,10 @@ def _check(name: str, what: str, array: np.ndarray, shape: tuple[int, int, int])
                          f"reconstruction (C, H, W) = {shape}: they must come from the same forward pass")
 
 
-def _descend(x: np.ndarray, boxes: np.ndarray, origin: np.ndarray, names: Sequence[str], size: tuple[int, int],
+def _descend(x: np.ndarray, boxes: np.ndarray, origin: np.ndarray, steps: Sequence[ConvStep], size: tuple[int, int],
              net: _Net, image_of: np.ndarray,
              codes: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Project B rows through the conv layers ``names`` (top down, each with its unpooling) to pixels, in batches.
+    """Project B rows through the conv layers ``steps`` (top down, each with its unpooling) to pixels, in batches.
 
     x (B, h, w, C), channels last: row b is the window at ``origin[b]`` (B, 2) of its ``size`` (H, W) feature
     map (of its pooled map when ``codes``, the switch codes of the pool below, are given: the rows are unpooled
@@ -146,17 +157,19 @@ def _descend(x: np.ndarray, boxes: np.ndarray, origin: np.ndarray, names: Sequen
     """
     B = x.shape[0]
     H, W = size
-    for i, name in enumerate(names):
+    for i, step in enumerate(steps):
+        name = step.name
         wmat = net.wmats[name]
-        grown = np.column_stack([np.maximum(boxes[:, 0] - 1, 0), np.minimum(boxes[:, 1] + 1, H),
-                                 np.maximum(boxes[:, 2] - 1, 0), np.minimum(boxes[:, 3] + 1, W)])
+        lo, hi = step.padding, step.kernel - 1 - step.padding  # a transposed conv's reach above and below
+        grown = np.column_stack([np.maximum(boxes[:, 0] - lo, 0), np.minimum(boxes[:, 1] + hi, H),
+                                 np.maximum(boxes[:, 2] - lo, 0), np.minimum(boxes[:, 3] + hi, W)])
         Sh, Sw = int((grown[:, 1] - grown[:, 0]).max()), int((grown[:, 3] - grown[:, 2]).max())
         group = max(1, BATCH_BYTES // _row_bytes(wmat, Sh, Sw))
         if B > group:  # split: each group goes the rest of the way on its own
             pieces = []
             for a in range(0, B, group):
                 part = slice(a, a + group)
-                for rows, y, at in _descend(x[part], boxes[part], origin[part], names[i:], (H, W), net,
+                for rows, y, at in _descend(x[part], boxes[part], origin[part], steps[i:], (H, W), net,
                                             image_of[part], codes):
                     pieces.append((rows + a, y, at))
             return pieces
@@ -166,17 +179,17 @@ def _descend(x: np.ndarray, boxes: np.ndarray, origin: np.ndarray, names: Sequen
             _check(name, "activations", act, (wmat.c_out, H, W))
         x = _deconv_rows(x, _places(boxes, origin, window, image_of, act, codes), wmat, net.rules[name], (Sh, Sw))
         boxes, origin, codes = grown, window, None
-        pool = pool_below(name)
-        if pool is not None:  # unpooled on the way into the next layer
-            codes = net.codes[pool]
-            _check(pool, "switches", codes, (wmat.c_in, H, W))
-            boxes, H, W = 2 * boxes, 2 * H, 2 * W
+        if step.pool is not None:  # unpooled on the way into the next layer
+            codes = net.codes[step.pool]
+            _check(step.pool, "switches", codes, (wmat.c_in, H, W))
+            k = step.pool_stride
+            boxes, H, W = k * boxes, k * H, k * W
     return [(np.arange(B), x, origin)]
 
 
 def _pixel_size(layer: str, h: int, w: int) -> tuple[int, int]:
     """(H, W) of the image whose conv ``layer`` has an (h, w) feature map."""
-    scale = 2 ** sum(pool_below(n) is not None for n in CONV_LAYERS[: CONV_LAYERS.index(layer) + 1])
+    scale = int(np.prod([step.pool_stride for step in steps_down(layer) if step.pool is not None]))
     return h * scale, w * scale
 
 
@@ -187,11 +200,11 @@ def _project_rows(x: np.ndarray, boxes: np.ndarray, origin: np.ndarray, rows: np
 
     ``max_rows`` caps the rows of one pass (None: all in one pass; 1: each row alone, as a reference).
     """
-    names = CONV_LAYERS[CONV_LAYERS.index(layer) :: -1]
-    step = max_rows or max(len(rows), 1)
-    for a in range(0, len(rows), step):
-        part = slice(a, a + step)
-        for done, y, at in _descend(x[part], boxes[part], origin[part], names, size, net, image_of[rows[part]]):
+    steps = steps_down(layer)
+    chunk = max_rows or max(len(rows), 1)
+    for a in range(0, len(rows), chunk):
+        part = slice(a, a + chunk)
+        for done, y, at in _descend(x[part], boxes[part], origin[part], steps, size, net, image_of[rows[part]]):
             _, Sh, Sw, _ = y.shape
             for i, (b, (r0, c0)) in enumerate(zip(rows[part][done].tolist(), at.tolist(), strict=True)):
                 out[b, :, r0 : r0 + Sh, c0 : c0 + Sw] = y[i].transpose(2, 0, 1)

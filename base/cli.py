@@ -52,7 +52,7 @@ def _one_line(err: BaseException) -> str:
 def run_cli(run: Callable[[Config], object], config: Config, debug: bool | None = None) -> int:
     """Call ``run(config)`` and turn what it raises into an exit status and one line on stderr.
 
-    ValueError (``UsageError``, ``model.images.ImageError``...), FileNotFoundError, IsADirectoryError,
+    ValueError (``UsageError``, ``base.images.ImageError``...), FileNotFoundError, IsADirectoryError,
     NotADirectoryError and PermissionError mean bad input: status 2. Anything else is an internal error: status 1.
     """
     debug = debug_requested() if debug is None else debug
@@ -117,18 +117,34 @@ def cpu_threads() -> int:
 BLAS_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def set_threads(threads: int | None) -> int:
-    """Size NumPy's BLAS/OpenMP thread pools (effective only before NumPy is imported); returns the thread count.
+_THREAD_LISTENERS: list[Callable[[int | None], object]] = []
 
-    ``None`` keeps what the environment says and otherwise uses every core this process may run on.
+
+def on_set_threads(listener: Callable[[int | None], object]) -> None:
+    """Call ``listener(count)`` on every later ``set_threads`` (count None: the environment's). Thread pools that
+    live above this module (the NumPy backward stage's) register here, so that ``--threads`` reaches them at run
+    time while this module imports nothing of theirs."""
+    _THREAD_LISTENERS.append(listener)
+
+
+def set_threads(threads: int | None) -> int:
+    """Size NumPy's BLAS/OpenMP thread pools and every registered pool (``on_set_threads``); returns the count.
+
+    ``None`` keeps what the environment says and otherwise uses every core this process may run on. The
+    environment variables size the pools of libraries not yet imported (a pool registered later reads them);
+    registered pools, such as the NumPy backward stage's threads and NumPy's OpenBLAS, follow at any time.
     """
     if threads is None:
         threads = cpu_threads()
         for var in BLAS_THREAD_VARS:
             os.environ.setdefault(var, str(threads))
+        listened = None  # the environment's count
     else:
         for var in BLAS_THREAD_VARS:
             os.environ[var] = str(threads)
+        listened = threads
+    for listener in _THREAD_LISTENERS:
+        listener(listened)
     return threads
 
 
@@ -138,21 +154,24 @@ def add_debug_option(parser: argparse.ArgumentParser) -> None:
 
 
 def add_model_options(parser: argparse.ArgumentParser, resize: bool = True, norm: bool = False) -> None:
-    """The options every inference command shares: ``--model``, ``--device``, optionally ``--resize`` and
+    """The options every inference command shares: ``--model``, ``--device``, ``--tf32``, optionally ``--resize`` and
     ``--norm``, and ``--debug``. Their values land in the config fields of the same names."""
     parser.add_argument("--model", metavar="FILE.onnx",
                         help=f"exported model (python -m export ...; default: {DEFAULT_MODEL.relative_to(REPO_ROOT)})")
     parser.add_argument("--device", choices=DEVICES, default="auto",
                         help="where onnxruntime runs the network: auto (CUDA if a GPU is usable), cuda, cpu "
                              "(default: %(default)s)")
+    parser.add_argument("--tf32", action="store_true",
+                        help="on CUDA, allow TF32 convolutions: faster, but about 3e-4 from the CPU's activations "
+                             "(default: off, exact float32)")
     if resize:
-        from demo.preprocess import RESIZE_MODES
+        from base.images import RESIZE_MODES  # base.images and base.display load NumPy: not at import
 
         parser.add_argument("--resize", choices=RESIZE_MODES, default="crop",
                             help="crop: short side to the input size, then the centre square, as in training; "
                                  "stretch: the whole image squashed to a square (default: %(default)s)")
     if norm:
-        from demo.display import NORMS
+        from base.display import NORMS
 
         parser.add_argument("--norm", choices=NORMS, default="minmax",
                             help="how a reconstruction becomes pixels: minmax (per image), signed (zero at "
@@ -163,7 +182,7 @@ def add_model_options(parser: argparse.ArgumentParser, resize: bool = True, norm
 def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
     """The image files ``inputs`` name: folders searched recursively for image suffixes (sorted), anything else
     kept as given (a missing or unreadable file is reported when it is opened, beside the others)."""
-    from model.images import IMAGE_EXTENSIONS
+    from base.images import IMAGE_EXTENSIONS
 
     found: list[Path] = []
     for item in map(Path, inputs):
@@ -176,7 +195,7 @@ def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
 
 def parse_layers(text: str) -> list[str]:
     """"all", one layer or a comma-separated list -> conv layer names (validated)."""
-    from model.spec import CONV_LAYERS
+    from base.spec import CONV_LAYERS
 
     layers = list(CONV_LAYERS) if text == "all" else [t.strip() for t in text.split(",") if t.strip()]
     unknown = [name for name in layers if name not in CONV_LAYERS]

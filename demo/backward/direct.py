@@ -1,7 +1,7 @@
 """Direct transposed 3x3 convolutions on channels-last rows: im2col over "shifted rows", and col2im.
 
 Both compute the transposed convolution, padding 1, as BLAS GEMMs plus data movement, without Winograd's
-transforms (``demo.deconv_kernels`` picks the method per call):
+transforms (``demo.backward.kernels`` picks the method per call):
 
 - im2col, for small windows: the zero-padded frames of B rows, flattened to positions (B * (H + 2) * (W + 2),
   C_out); the input seen through kernel tap (j, i) at output position p is position p + j * (W + 2) + i, so each
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from demo.deconv_threads import each, parts
+from demo.backward.threads import each, parts
 
 CHUNK_BYTES = 8 << 20  # size of one chunk of im2col columns (stays in the L3 cache, keeps GEMMs large)
 

@@ -1,6 +1,6 @@
 """The class-score head of an exported VGG16 in float32 NumPy: logits from conv5_3, and their backward pass.
 
-A class projection (``demo.deconv_numpy.Deconvnet.project_class``) starts from one class's logit (before
+A class projection (``demo.backward.deconvnet.Deconvnet.project_class``) starts from one class's logit (before
 softmax) and needs the signal it sends to conv5_3's output. The head is recomputed here from the conv5_3
 activation (N, 512, h, w) and the Linear layers of the ONNX graph (``demo.onnx_forward.head_weights``), so the
 graph needs no extra outputs. Two heads (``model.vgg.HEADS``):
@@ -10,7 +10,7 @@ graph needs no extra outputs. Two heads (``model.vgg.HEADS``):
 - ``"torchvision"``: "pool5" (2x2/2 max-pool, floor mode), adaptive average pool to 7x7 (PyTorch's bins:
   bin i of n covers floor(i * n / 7) ... ceil((i + 1) * n / 7) - 1), flatten (512 * 7 * 7), Linear, ReLU "fc6",
   Linear, ReLU "fc7", Linear (Dropout is the identity at inference). Backward: the last Linear's row c, back
-  through "fc7" and "fc6" by their rules (``demo.deconv_kernels.relu_backward``, masks from those ReLUs'
+  through "fc7" and "fc6" by their rules (``demo.backward.kernels.relu_backward``, masks from those ReLUs'
   forward outputs) and the Linear layers' transposes, the adaptive pool's transpose (each bin's signal shared
   equally by its cells), and unpooling at pool5's maximum (first in row-major order within each 2x2 window).
 
@@ -24,10 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from demo.deconv_kernels import relu_backward
-from model.spec import HEAD_RELUS
-
-POOLED_SIZE = 7  # torchvision's adaptive average pool output side
+from base.spec import HEAD_RELUS, POOLED_SIZE
+from demo.backward.kernels import relu_backward
 
 
 @dataclass(frozen=True)
@@ -81,7 +79,7 @@ def adaptive_pool_matrix(size: int, out: int = POOLED_SIZE) -> np.ndarray:
 def max_pool_2x2(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """2x2/2 max-pool (floor mode): (N, C, h, w) -> values and per-plane switches (N, C, h//2, w//2).
 
-    Switch = row * w + col of the maximum in the (h, w) plane (``model.spec.SWITCH_CONVENTION``); ties go to the
+    Switch = row * w + col of the maximum in the (h, w) plane (``base.spec.SWITCH_CONVENTION``); ties go to the
     first position of the window in row-major order.
     """
     N, C, h, w = x.shape

@@ -12,7 +12,7 @@ F(2, 3) (Lavin & Gray's), and 0, +-3/2, +-2/3 for F(4, 3). The transforms are GE
 nothing in speed, only the float32 error depends on them. Against a float64 direct convolution, on VGG16's 12
 layers with 64 input channels or more (largest error over largest value): Lavin & Gray's 0, +-1, +-2 reach
 1.1e-5 on random data and 3.3e-6 on a photo through trained weights; +-1/2 instead of +-2 the same; 0, +-3/2,
-+-2/3 reach 2.5e-6 and 1.0e-6 (the relative L2 error halves, to 1e-6 and 4e-7); F(2, 3) 6e-7. Those errors
++-2/3 reach 2.5e-6 and 1.0e-6 (the relative L2 error slabs, to 1e-6 and 4e-7); F(2, 3) 6e-7. Those errors
 add up over a descent: a conv5_3 projection stays near 1.5e-6 of torch's (the parity bound is 1e-4).
 
 Data movement. The input is a zero-padded frame (B, m * Th + 2, m * Tw + 2, C_out) of B rows, Th x Tw tiles
@@ -34,7 +34,7 @@ import numpy as np
 
 BLOCK_BYTES = 1 << 19  # transformed input (V) of one block: it and the block's other arrays stay in the caches
 MIN_BLOCK_TILES = 64  # ... unless that leaves a block's GEMMs fewer columns (tiles) than this
-MIN_PART_CHANNELS = 64  # output channels of one part of a block split between threads
+GEMMS_PER_THREAD = 2  # small maps: pieces of a step's n^2 GEMMs per thread
 
 
 def cook_toom(points: Sequence[int | Fraction], m: int, r: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -119,9 +119,12 @@ def winograd(frame: np.ndarray, U: np.ndarray, m: int, H: int, W: int, each: Blo
 
     Blocks: tile rows a0:a1 of one row b, or whole rows b0:b1 once a row has fewer tiles than a block; each block
     goes through ``_block``, ``each`` running them (one after another, or on threads: they write disjoint parts
-    of the output). With fewer blocks than ``threads`` (a small map), each block is also split by its output
-    channels, into parts of at least ``MIN_PART_CHANNELS`` (each part reads its share of U and repeats the input
-    transform). ``U`` (n * n, C_out, C_in) from ``winograd_weight``.
+    of the output). When whole blocks would leave the threads idle more than a fifth of the time (a small map:
+    fewer blocks than threads, or just more), the n^2 GEMMs of each block are split between the threads instead
+    (``_split_blocks``): every input transform, then the GEMMs in groups, then every output transform. Every GEMM
+    of U is the same call whatever the split, and the transforms' GEMMs (sums of n terms) come out the same on any
+    part of the tiles: the output does not depend on the thread count (the tests check it). ``U`` (n * n, C_out,
+    C_in) from ``winograd_weight``.
     """
     B, Hf, Wf, C_out = frame.shape
     C_in = U.shape[2]
@@ -135,23 +138,72 @@ def winograd(frame: np.ndarray, U: np.ndarray, m: int, H: int, W: int, each: Blo
     else:  # groups of whole rows
         step = max(1, tiles // (Th * Tw))
         blocks = [(slice(b, min(b + step, B)), slice(0, Th)) for b in range(0, B, step)]
-    parts = max(1, min(threads // len(blocks), C_in // MIN_PART_CHANNELS))
-    channels = [slice(C_in * k // parts, C_in * (k + 1) // parts) for k in range(parts)]
-    items = [(rows, band, cs) for rows, band in blocks for cs in channels]
-    each(lambda i: _block(frame, U, m, *items[i], y), len(items))
+    if len(blocks) >= 0.8 * threads * -(-len(blocks) // threads):  # whole blocks keep the threads 80% busy
+        each(lambda i: _block(frame, U, m, *blocks[i], y), len(blocks))
+    else:
+        _split_blocks(frame, U, m, blocks, y, each, threads)
     return y[:, :H, :W]
 
 
-def _block(frame: np.ndarray, U: np.ndarray, m: int, rows: slice, band: slice, cs: slice, y: np.ndarray) -> None:
-    """Tile rows ``band`` of rows ``rows``, output channels ``cs``: frame (B, Hf, Wf, C_out) -> their m x m tiles
-    in y (B, .., .., C_in).
+def _block(frame: np.ndarray, U: np.ndarray, m: int, rows: slice, band: slice, y: np.ndarray) -> None:
+    """Tile rows ``band`` of rows ``rows``: frame (B, Hf, Wf, C_out) -> their m x m tiles in y (B, .., .., C_in)."""
+    _transform_out(np.matmul(_transform_in(frame, m, rows, band), U), m, rows, band, y)
 
-    Channels last: every strided view below moves whole runs of C_out (or C_in) contiguous floats.
+
+def _split_blocks(frame: np.ndarray, U: np.ndarray, m: int, blocks: list[tuple[slice, slice]], y: np.ndarray,
+                  each: Blocks, threads: int) -> None:
+    """``_block`` of each of ``blocks``, in three steps that each run on the threads: the input transforms, the
+    n^2 GEMMs V[k] @ U[k] in groups of k, the output transforms; ``GEMMS_PER_THREAD`` pieces per thread in all,
+    the transforms of a block in parts of its tile rows (or of its rows)."""
+    nn, C_in = U.shape[0], U.shape[2]
+    pieces = -(-GEMMS_PER_THREAD * threads // len(blocks))  # per block
+    v, mm, parts = [], [], []  # per block: V, the products, the parts (rows, band, first tile, end tile)
+    for rows, band in blocks:
+        nb, na = rows.stop - rows.start, band.stop - band.start
+        tiles = nb * na * (frame.shape[2] - 2) // m
+        v.append(np.empty((nn, tiles, frame.shape[3]), dtype=np.float32))
+        mm.append(np.empty((nn, tiles, C_in), dtype=np.float32))
+        if nb > 1:  # whole rows: parts of the rows
+            k = min(nb, pieces)
+            cuts = [rows.start + nb * i // k for i in range(k + 1)]
+            split = [(slice(r0, r1), band) for r0, r1 in zip(cuts[:-1], cuts[1:], strict=True)]
+        else:  # tile rows of one row: parts of the tile rows
+            k = min(na, pieces)
+            cuts = [band.start + na * i // k for i in range(k + 1)]
+            split = [(rows, slice(a0, a1)) for a0, a1 in zip(cuts[:-1], cuts[1:], strict=True)]
+        per_tile = tiles // (nb * na)  # tiles of one tile row of one row
+        firsts = [((r.start - rows.start) * na + (b.start - band.start)) * per_tile for r, b in split]
+        parts.append([(r, b, t0, t0 + (r.stop - r.start) * (b.stop - b.start) * per_tile)
+                      for (r, b), t0 in zip(split, firsts, strict=True)])
+    slabs = [(i, *part) for i, block_parts in enumerate(parts) for part in block_parts]
+    groups = min(nn, pieces)
+    gemms = [(i, nn * g // groups, nn * (g + 1) // groups) for i in range(len(blocks)) for g in range(groups)]
+
+    def transform_in(j: int) -> None:
+        i, rows, band, t0, t1 = slabs[j]
+        v[i][:, t0:t1] = _transform_in(frame, m, rows, band)
+
+    def gemm(j: int) -> None:
+        i, k0, k1 = gemms[j]
+        np.matmul(v[i][k0:k1], U[k0:k1], out=mm[i][k0:k1])
+
+    def transform_out(j: int) -> None:
+        i, rows, band, t0, t1 = slabs[j]
+        _transform_out(mm[i][:, t0:t1], m, rows, band, y)
+
+    each(transform_in, len(slabs))
+    each(gemm, len(gemms))
+    each(transform_out, len(slabs))
+
+
+def _transform_in(frame: np.ndarray, m: int, rows: slice, band: slice) -> np.ndarray:
+    """B^T d B of the tiles of tile rows ``band`` of rows ``rows`` of frame (B, Hf, Wf, C_out): V (n * n, tiles,
+    C_out), V[s * n + r] the (r, s) entry of every tile.
+
+    Channels last: every strided view below moves whole runs of C_out contiguous floats.
     """
     B, Hf, Wf, C_out = frame.shape
-    U = U[:, :, cs]
-    C_in = U.shape[2]
-    AT, BT = _TRANSFORMS32[m]
+    _, BT = _TRANSFORMS32[m]
     n = m + 2
     nb, na, Tw = rows.stop - rows.start, band.stop - band.start, (Wf - 2) // m
     sb, sh, sw, sc = frame.strides
@@ -162,10 +214,18 @@ def _block(frame: np.ndarray, U: np.ndarray, m: int, rows: slice, band: slice, c
     # B^T on the columns: e[s, r', b, a, j, c] = t[b, a, r', m * j + s, c]
     st = t.strides
     e = np.ndarray((n, n, nb, na, Tw, C_out), np.float32, t, 0, (st[3], st[2], st[0], st[1], m * st[3], st[4]))
-    v = np.matmul(BT, e.reshape(n, -1)).reshape(n * n, nb * na * Tw, C_out)  # V[s' * n + r']: (tiles, C_out)
-    mm = np.matmul(v, U)  # (n * n, tiles, C_in): the n^2 GEMMs
+    return np.matmul(BT, e.reshape(n, -1)).reshape(n * n, nb * na * Tw, C_out)  # V[s' * n + r']: (tiles, C_out)
+
+
+def _transform_out(mm: np.ndarray, m: int, rows: slice, band: slice, y: np.ndarray) -> None:
+    """A^T M A of the products ``mm`` (n * n, tiles, C_in) of tile rows ``band`` of rows ``rows``: their m x m
+    output tiles, written in place in y (B, .., .., C_in)."""
+    AT, _ = _TRANSFORMS32[m]
+    n, C_in = m + 2, y.shape[3]
+    nb, na = rows.stop - rows.start, band.stop - band.start
+    Tw = y.shape[2] // m
     # A^T on the columns (s' -> q), then on the rows (r' -> p)
     o = np.matmul(AT, mm.reshape(n, -1)).reshape(m, n, nb * na * Tw * C_in)
     o = np.matmul(AT, o).reshape(m, m, nb, na, Tw, C_in)  # (q, p, nb, na, Tw, C_in)
-    out = y[rows, m * band.start : m * band.stop, :, cs].reshape(nb, na, m, Tw, m, C_in)
+    out = y[rows, m * band.start : m * band.stop].reshape(nb, na, m, Tw, m, C_in)
     np.copyto(out, o.transpose(2, 3, 1, 4, 0, 5))

@@ -1,25 +1,26 @@
 """Transposed 3x3 convolutions and unpooling in float32 NumPy: the kernels of the NumPy deconvnet.
 
-``demo/deconv_descent.py`` runs the descent (which layers, which windows, which rows); this module does each
+``demo/backward/descent.py`` runs the descent (which layers, which windows, which rows); this module does each
 step's arithmetic, on rows stored channels last (B, h, w, C), each row an (h, w) window of its feature map.
 
 One step (``_deconv_rows``): the rows' input is copied into a zero-padded frame (B, Hf, Wf, C_out) (``_fill``),
 which also applies the backward rule of the layer's ReLU (``relu_backward``: deconvnet, guided or gradient,
-``model.spec.RULES``) and, below a pool, the unpooling (``_unpool_into``, by switch codes): a rule and an
+``base.spec.RULES``) and, below a pool, the unpooling (``_unpool_into``, by switch codes): a rule and an
 unpooling cost no pass of their own. Then the transposed convolution, padding 1, by one of these methods, chosen
 per call from the layer's channel counts and the windows (``DeconvWeight.method_for``):
 
-- ``"winograd4"``, Winograd's F(4x4, 3x3) (``demo.deconv_winograd``, Lavin & Gray 2016): 4x fewer
+- ``"winograd4"``, Winograd's F(4x4, 3x3) (``demo.backward.winograd``, Lavin & Gray 2016): 4x fewer
   multiplications than the direct convolution, in 36 GEMMs between input and output transforms that read and
   write the frames in place, in cache-sized blocks. Every layer with 64 input channels or more, on whole maps.
 - ``"winograd"``, F(2x2, 3x3): 2.25x fewer multiplications, a 16-GEMM weight (not 36): for maps of a few tiles,
   where reading F(4x4)'s larger weight costs more than its multiplications save (conv5 at 224 px).
-- ``"im2col"`` over shifted rows (``demo.deconv_direct``): the 9-tap weight, for the smallest windows (the top of
+- ``"im2col"`` over shifted rows (``demo.backward.direct``): the 9-tap weight, for the smallest windows (the top of
   a single activation's descent).
-- ``"col2im"`` (``demo.deconv_direct``), when C_in is small: conv1_1's 3 output channels.
+- ``"col2im"`` (``demo.backward.direct``), when C_in is small: conv1_1's 3 output channels.
 
-The threads (``demo.deconv_threads``): each step's copies, blocks and chunks are split between our threads, BLAS
-running on one thread meanwhile.
+The threads (``demo.backward.threads``, their count set at run time by ``set_threads``): each step's copies, blocks
+(or, on small maps, groups of Winograd's GEMMs) and chunks are split between our threads, BLAS running on one
+thread meanwhile; every thread count gives the same results (bit for bit in the tests).
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from demo.deconv_direct import col2im, im2col
-from demo.deconv_threads import each, our_threads, parts, serial, threads_now
-from demo.deconv_winograd import frame_size, winograd, winograd_weight
-from model.spec import RULES
+from base.spec import RULES
+from demo.backward.direct import col2im, im2col
+from demo.backward.threads import each, our_threads, parts, serial, threads_now
+from demo.backward.winograd import frame_size, winograd, winograd_weight
 
 COL2IM_MAX_CHANNELS = 16  # layers with fewer output channels (C_in: conv1_1's 3) use col2im
 WEIGHT_COLUMNS = 32  # reading a weight once costs about as much as this many columns of its GEMMs
@@ -56,7 +57,7 @@ class DeconvWeight:
       transposed convolution correlates with the flipped, in/out-swapped kernel);
     - ``"col2im"``: (C_out, 9 * C_in), column (kh * 3 + kw) * C_in + ci holding weight[:, ci, kh, kw];
     - ``"winograd4"`` / ``"winograd"``: U (36, C_out, C_in) / (16, C_out, C_in), G g G^T of the flipped kernel
-      (``demo.deconv_winograd.winograd_weight``).
+      (``demo.backward.winograd.winograd_weight``).
     """
 
     weight: np.ndarray
@@ -113,7 +114,7 @@ def prepare_weight(weight: np.ndarray, method: str | None = None) -> DeconvWeigh
 
 def relu_backward(signal: np.ndarray, activation: np.ndarray | None, rule: str,
                   out: np.ndarray | None = None) -> np.ndarray:
-    """The signal a projection passes back through one ReLU, by ``rule`` (``model.spec.RULES``).
+    """The signal a projection passes back through one ReLU, by ``rule`` (``base.spec.RULES``).
 
     ``signal`` arrives from above; ``activation`` is the ReLU's forward output, broadcastable to ``signal``
     (> 0 exactly where the ReLU's input is; unused, may be None, for "deconvnet"). Elementwise:
@@ -166,7 +167,7 @@ def switch_codes(switches: np.ndarray) -> np.ndarray:
     """Max-pool switches (N, C, h, w) -> (N, h, w, C) uint8 codes 2 * dy + dx: where in its 2x2 window each max was.
 
     Switch s of pooled position (i, j) is the flat index row * 2w + col in the (2h, 2w) plane
-    (``model.spec.SWITCH_CONVENTION``); its window's columns 2j, 2j + 1 make dx = s mod 2, and dy = 1 from the
+    (``base.spec.SWITCH_CONVENTION``); its window's columns 2j, 2j + 1 make dx = s mod 2, and dy = 1 from the
     window's second row on, s >= (2i + 1) * 2w + 2j.
     """
     N, C, h, w = switches.shape
@@ -308,7 +309,7 @@ def unpool(x: np.ndarray, switches: np.ndarray) -> np.ndarray:
     """Undo a 2x2/2 max-pool: (N, C, h, w) values and per-plane switches -> (N, C, 2h, 2w).
 
     Switch s of pooled position (n, c, i, j) is the flat index s = row * 2w + col of the maximum in the
-    (2h, 2w) input plane of (n, c) (``model.spec.SWITCH_CONVENTION``); every other position gets zero.
+    (2h, 2w) input plane of (n, c) (``base.spec.SWITCH_CONVENTION``); every other position gets zero.
     """
     N, C, h, w = x.shape
     out = np.zeros((N, C, 4 * h * w), dtype=np.float32)

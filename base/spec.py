@@ -8,6 +8,7 @@ metadata so that a model file is self-describing.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 # VGG16 ("configuration D" of Simonyan & Zisserman): output channels of each 3x3 conv, "M" a 2x2/2 max-pool.
 # The seed ends with a global max-pool after conv5_3 instead of a fifth 2x2 pool.
@@ -47,6 +48,45 @@ def pool_below(conv: str) -> str | None:
     return f"pool{block_of(conv) - 1}" if conv.endswith("_1") and block_of(conv) > 1 else None
 
 
+@dataclass(frozen=True)
+class ConvStep:
+    """One conv layer as the backward stage walks it: its geometry and the max-pool that feeds it (if any).
+
+    ``kernel``/``stride``/``padding`` are the conv's (square); ``pool`` names the pool whose output is the conv's
+    input, with its ``pool_kernel`` and ``pool_stride``. Every projection reads the network from ``STEPS``."""
+
+    name: str
+    c_in: int
+    c_out: int
+    kernel: int = 3
+    stride: int = 1
+    padding: int = 1
+    pool: str | None = None
+    pool_kernel: int = 2
+    pool_stride: int = 2
+
+
+def _steps(cfg: tuple[int | str, ...]) -> tuple[ConvStep, ...]:
+    steps, c_in, pool = [], 3, None
+    convs, pools = _layer_names(cfg)
+    names, pool_names = iter(convs), iter(pools)
+    for item in cfg:
+        if item == "M":
+            pool = next(pool_names)
+        else:
+            steps.append(ConvStep(next(names), c_in, int(item), pool=pool))
+            c_in, pool = int(item), None
+    return tuple(steps)
+
+
+STEPS = _steps(CFG_VGG16)  # the conv layers bottom up, conv1_1 ... conv5_3, each with the pool below it
+
+
+def steps_down(layer: str) -> tuple[ConvStep, ...]:
+    """The steps a projection from conv ``layer`` takes, top down: ``layer`` first, conv1_1 last."""
+    return STEPS[CONV_LAYERS.index(layer) :: -1]
+
+
 def conv_channels(layer: str) -> int:
     """Output channels of a conv layer."""
     return [c for c in CFG_VGG16 if c != "M"][CONV_LAYERS.index(layer)]
@@ -74,6 +114,7 @@ def receptive_field(layer: str) -> int:
 #   "gradient":  s where a > 0              Simonyan et al. 2014 (arXiv 1312.6034), the plain gradient.
 # Unpooling with the switches and the transposed convolutions are the same for all three.
 RULES: tuple[str, ...] = ("deconvnet", "guided", "gradient")
+POOLED_SIZE = 7  # side of the head's adaptive average pool output (torchvision's VGG: 512 x 7 x 7 into fc6)
 HEAD_RELUS: tuple[str, ...] = ("fc6", "fc7")  # the ReLUs of torchvision's head, after its first two Linear layers
 RELUS: tuple[str, ...] = (*CONV_LAYERS, *HEAD_RELUS)  # every ReLU a projection can pass, in network order
 Rule = str | Sequence[str] | Mapping[str, str]  # one rule for all, one per ReLU of RELUS, or {ReLU name: rule}
