@@ -45,6 +45,8 @@ class AppConfig:
     atlas: str | None = None  # dataset atlas folder (python -m demo.mine --out DIR): adds the "Atlas" tab
     compare: str | None = None  # a second .onnx file shown beside the first (same image, layer and channel)
     health: str | None = None  # a folder of python -m demo.health: the "Model health" tab shows every layer
+    fv_steps: int = 128  # Adam steps of a feature visualization made on request (Units tab)
+    fv_size: int = 112  # its side in pixels (a multiple of 16)
 
 
 def parse_args(argv: list[str] | None = None) -> AppConfig:
@@ -77,6 +79,11 @@ def parse_args(argv: list[str] | None = None) -> AppConfig:
                    help="a folder written by python -m demo.health --out HEALTH_DIR: the \"Model health\" tab shows "
                         "every layer's dead and rare channels, peaks and filter norms (the conv1 filters are always "
                         "shown)")
+    p.add_argument("--fv-steps", dest="fv_steps", type=int, default=defaults.fv_steps,
+                   help="Adam steps of a feature visualization made on request in the Units tab (default: "
+                        "%(default)s; the default model's are shipped)")
+    p.add_argument("--fv-size", dest="fv_size", type=int, default=defaults.fv_size,
+                   help="its side in pixels, a multiple of 16 (default: %(default)s)")
     args = p.parse_args(argv)
     config = AppConfig(**{f.name: getattr(args, f.name) for f in fields(AppConfig)})
     for name in ("concurrency", "queue_size"):
@@ -106,7 +113,8 @@ def serve(config: AppConfig, block: bool = True):
 
     try:
         demo = build_demo(pipeline, concurrency=config.concurrency, queue_size=config.queue_size,
-                          atlas_dir=config.atlas, compare=compare, health_dir=config.health)
+                          atlas_dir=config.atlas, compare=compare, health_dir=config.health,
+                          featurevis=(config.fv_steps, config.fv_size))
     except BaseException:
         pipeline.close()
         raise

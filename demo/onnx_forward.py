@@ -135,6 +135,23 @@ def conv_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return weights
 
 
+def conv_biases(model: onnx.ModelProto | str | Path) -> dict[str, np.ndarray]:
+    """The 13 conv biases (C_out,) float32 of a VGG16 graph (or its .onnx file), batch norm folded, keyed
+    ``conv1_1`` ... ``conv5_3``; zeros where a Conv has no bias input. Conv nodes are taken in graph order."""
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model))
+    convs = [node for node in model.graph.node if node.op_type == "Conv"]
+    if len(convs) != len(spec.CONV_LAYERS):
+        raise ValueError(f"expected {len(spec.CONV_LAYERS)} Conv nodes (VGG16), found {len(convs)}")
+    biases: dict[str, np.ndarray] = {}
+    for name, node in zip(spec.CONV_LAYERS, convs, strict=True):
+        C = spec.conv_channels(name)
+        has = len(node.input) > 2 and node.input[2]
+        b = _resolve(model.graph, node.input[2]) if has else np.zeros(C)
+        biases[name] = np.asarray(b, dtype=np.float32).reshape(C)
+    return biases
+
+
 def _constant(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
     """The constant tensor named ``name`` as float32, or None when the graph computes it."""
     try:

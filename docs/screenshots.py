@@ -3,6 +3,7 @@
     python docs/screenshots.py                     # docs/app.png, docs/app_explorer.png, docs/app_sanity.png
     python docs/screenshots.py --model other.onnx --out /tmp/shots
     python docs/screenshots.py --compare random.onnx         # docs/app_compare.png: two models side by side
+    python docs/screenshots.py --units                       # docs/app_units.png: the Units tab
 
 Serves the app in-process (as ``python app.py``), opens it in Debian's Chromium with Playwright, clicks the CC0
 cat example, and saves full-page screenshots of "All layers", the layer explorer and the sanity checks.
@@ -55,6 +56,18 @@ def shoot_compare(page, url: str, out: Path) -> None:
     page.screenshot(path=str(out / "app_compare.png"), full_page=True)
 
 
+def shoot_units(page, url: str, out: Path) -> None:
+    """Click the cat example, open the Units tab on conv5_3 channel 2 and save it."""
+    open_cat(page, url, "#layers-gallery")
+    page.get_by_role("tab", name="Units").click()
+    page.locator("#unit-channel input").fill("2")
+    page.locator("#unit-show").click()
+    page.wait_for_function(LOADED, arg=["#unit-projection", 1])
+    page.wait_for_function(LOADED, arg=["#unit-out", 6])
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(out / "app_units.png"), full_page=True)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(prog="python docs/screenshots.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,6 +75,7 @@ def main() -> int:
     p.add_argument("--out", default=str(ROOT / "docs"), help="folder for the PNGs (default: docs/)")
     p.add_argument("--compare", metavar="OTHER.onnx",
                    help="instead, app_compare.png: All layers of the default model beside OTHER.onnx")
+    p.add_argument("--units", action="store_true", help="instead, app_units.png: the Units tab on conv5_3 channel 2")
     args = p.parse_args()
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from playwright.sync_api import sync_playwright
@@ -74,12 +88,19 @@ def main() -> int:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            shoot_compare(page, url, out) if args.compare else shoot(page, url, out)
+            if args.compare:
+                shoot_compare(page, url, out)
+            elif args.units:
+                shoot_units(page, url, out)
+            else:
+                shoot(page, url, out)
             browser.close()
     finally:
         demo.close()
         pipeline.close()
-    print(f"wrote {'app_compare.png' if args.compare else 'app.png, app_explorer.png and app_sanity.png'} to {out}/")
+    shot = "app_compare.png" if args.compare else "app_units.png" if args.units else \
+        "app.png, app_explorer.png and app_sanity.png"
+    print(f"wrote {shot} to {out}/")
     return 0
 
 

@@ -331,7 +331,7 @@ def printed() -> io.StringIO:
 
 @pytest.fixture(scope="module")
 def app(tiny_onnx, printed):
-    with running_app(tiny_onnx, printed) as served:
+    with running_app(tiny_onnx, printed, fv_steps=2, fv_size=32) as served:
         yield served
 
 
@@ -420,8 +420,9 @@ def test_explore_and_channel_endpoints(client, cat_png):
     from gradio_client import handle_file
 
     out = client.predict(handle_file(str(cat_png)), "conv4_2", 5, "percentile", "crop", api_name="/explore")
-    grid, merged, topk, number, fmap, projection, crop, patch, caption, summary, timings = out
+    grid, merged, topk, visualized, number, fmap, projection, crop, patch, caption, summary, timings = out
     assert len(topk) == 5 and all(item["caption"].startswith("ch ") for item in topk)
+    assert [item["caption"] for item in visualized] == [f"conv4_2/{item['caption'].split()[1]}" for item in topk]
     assert int(topk[0]["caption"].split()[1]) == number and f"channel {number}" in caption
     assert "conv4_2" in summary and "512 channels" in summary and "deconvnet" in timings
     view = client.predict(handle_file(str(cat_png)), "conv4_2", 17, "minmax", "crop", api_name="/channel")
@@ -430,6 +431,27 @@ def test_explore_and_channel_endpoints(client, cat_png):
 
     with pytest.raises(AppError, match="channels 0 to 511"):
         client.predict(handle_file(str(cat_png)), "conv4_2", 512, "minmax", "crop", api_name="/channel")
+
+
+def test_unit_page_endpoints(client, cat_png):
+    from gradio_client import handle_file
+
+    out = client.predict(handle_file(str(cat_png)), "conv5_2", 9, "minmax", "crop", "deconvnet", api_name="/unit")
+    picture, caption, projection, into, outs, top9, top9_caption, classes = out
+    assert "conv5_2 channel 9" in caption and "made now (2 steps at 32 px)" in caption
+    assert picture is not None and projection is not None and top9 is None
+    assert [item["caption"].split()[0].split("/")[0] for item in into] == ["conv5_1"] * 6
+    assert [item["caption"].split()[0].split("/")[0] for item in outs] == ["conv5_3"] * 6
+    assert len(classes) == 12
+    again = client.predict(None, "conv5_2", 9, "minmax", "crop", "deconvnet", api_name="/unit")
+    assert "made earlier in this session" in again[1] and again[2] is None
+    sanity = client.predict("conv5_2", 9, api_name="/unit_sanity")
+    assert [item["caption"] for item in sanity] == ["trained", "conv5_3 random", "conv4 and conv5 random",
+                                                    "all random"]
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="channels 0 to 511"):
+        client.predict(None, "conv5_2", 512, "minmax", "crop", "deconvnet", api_name="/unit")
 
 
 def test_no_image_gets_a_message(client):
@@ -606,7 +628,7 @@ def tabs(demo) -> list[str]:
 
 def test_no_atlas_tab_without_atlas(app):
     _, demo, _ = app
-    assert tabs(demo) == ["All layers", "Layer explorer", "Classes", "Rules", "Occlusion", "Invariance",
+    assert tabs(demo) == ["All layers", "Layer explorer", "Units", "Classes", "Rules", "Occlusion", "Invariance",
                           "Model health", "Sanity checks", "Evidence"]
     assert "atlas" not in {fn.api_name for fn in demo.fns.values()}
 
@@ -634,7 +656,7 @@ def test_atlas_tab_shows_the_atlas(tiny_onnx, onnx_model, atlas_dir):
     atlas = read.Atlas(atlas_dir)
     ranked = atlas.ranked_channels("conv1_2").tolist()
     with running_app(tiny_onnx, atlas=str(atlas_dir)) as (url, demo, pipeline):
-        assert tabs(demo)[-4:] == ["Atlas", "Model health", "Sanity checks", "Evidence"]
+        assert tabs(demo)[2] == "Units" and tabs(demo)[-4:] == ["Atlas", "Model health", "Sanity checks", "Evidence"]
         dropdowns = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None) in
                      ("atlas-layer", "atlas-channel")}
         assert dropdowns["atlas-layer"].choices == [("conv1_2", "conv1_2")]

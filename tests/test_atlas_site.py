@@ -225,3 +225,33 @@ def test_site_in_a_real_browser(atlas_dir):
             page.wait_for_url("**/atlas/index.html")
         finally:
             browser.close()
+
+
+def test_featurevis_pictures_on_the_channel_pages(atlas_dir, tmp_path):
+    copy = tmp_path / "atlas"
+    shutil.copytree(atlas_dir, copy)
+    pictures = tmp_path / "fv" / "conv1_1"
+    pictures.mkdir(parents=True)
+    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(pictures / "0003.png")
+    site.build_site(copy, bar=False, featurevis=tmp_path / "fv")
+    text = (copy / "conv1_1" / "0003.html").read_text(encoding="utf-8")
+    assert 'src="featurevis/0003.png"' in text and "Feature visualization" in text
+    assert (copy / "conv1_1" / "featurevis" / "0003.png").read_bytes() == (pictures / "0003.png").read_bytes()
+    assert "featurevis/" not in (copy / "conv1_1" / "0004.html").read_text(encoding="utf-8")
+
+
+def test_featurevis_option_of_the_site_and_mine_commands(atlas_dir, tmp_path, capsys):
+    copy = tmp_path / "atlas"
+    shutil.copytree(atlas_dir, copy)
+    assert atlas_cli.site_main([str(copy), "--featurevis", str(tmp_path / "missing")]) == 2
+    assert "error: --featurevis" in capsys.readouterr().err
+    pictures = tmp_path / "fv" / "conv1_1"
+    pictures.mkdir(parents=True)
+    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(pictures / "0002.png")
+    assert atlas_cli.site_main([str(copy), "--featurevis", str(tmp_path / "fv")]) == 0
+    assert 'src="featurevis/0002.png"' in (copy / "conv1_1" / "0002.html").read_text(encoding="utf-8")
+    with pytest.raises(SystemExit) as exit_info:
+        atlas_cli.parse_args(["--data", "d", "--out", "o", "--featurevis", str(tmp_path / "fv")])
+    assert exit_info.value.code == 2 and "--featurevis needs --html" in capsys.readouterr().err
+    config = atlas_cli.parse_args(["--data", "d", "--out", "o", "--html", "--featurevis", str(tmp_path / "fv")])
+    assert config.featurevis == str(tmp_path / "fv")

@@ -248,7 +248,8 @@ def test_optional_extras_are_pinned_apart_and_imported_lazily_by_one_module():
 
 @pytest.mark.parametrize("entry", ["app", "demo.visualize", "demo.predict", "demo.mine", "demo.occlusion",
                                    "demo.invariance", "demo.sanity", "demo.health", "demo.correspondence",
-                                   "demo.atlas_site", "demo.faithfulness"])
+                                   "demo.atlas_site", "demo.faithfulness", "demo.featurevis",
+                                   "demo.featurevis_pack", "demo.featurevis_figure"])
 def test_entry_points_import_and_run_help_with_torch_blocked(entry):
     """Each command of the app side imports and answers --help in a process where ``import torch`` (and the optional
     extras) fail."""

@@ -1,8 +1,8 @@
 """What every tab of the page shares: the input column's components (``Inputs``), the page's options (``Page``),
 and the helpers that wire a handler (errors shown to the user, the open tab, the shared model queue).
 
-The tabs (``demo.app.tabs``, ``demo.app.tabs_paper``, ``demo.app.tabs_evidence``) and the page
-(``demo.app.ui``) import this module; it imports no tab.
+The tabs (``demo.app.tabs``, ``demo.app.tabs_paper``, ``demo.app.tabs_evidence``, ``demo.app.tabs_units``) and
+the page (``demo.app.ui``) import this module; it imports no tab.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import gradio as gr
 
 from demo.app.inputs import InputError
 from demo.app.pipeline import Pipeline
+from demo.app.units import UnitPictures
 
 log = logging.getLogger(__name__)
 GENERIC_ERROR = "Something went wrong while processing this image. Please try another one."
@@ -38,6 +39,7 @@ class Page:
     tab: gr.State
     rule: gr.Radio  # the backward rule of every projection
     compare: Pipeline | None = None  # a second model shown beside the first
+    units: UnitPictures | None = None  # feature visualizations of the model's units
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ import gradio as gr
 from base.spec import CONV_LAYERS, block_of
 from demo.app import views
 from demo.app.page import MODEL, PRIVATE, SMALL, Inputs, Page, need_image, skip, track, user_errors
+from demo.app.units import topk_gallery
 
 # --- "All layers" -----------------------------------------------------------------------------------------------
 
@@ -121,6 +122,9 @@ def explorer_tab(page: Page) -> ExplorerTab:
                                 "receptive field (click one)", columns=6, height="auto", object_fit="contain",
                           allow_preview=False, elem_classes=["pixelated"], buttons=["download_all"],
                           elem_id="topk-gallery")
+        visualized = gr.Gallery(label="The same channels' feature visualizations (grey: not made yet; open the "
+                                      "Units tab to make one)", columns=6, height="auto", object_fit="contain",
+                                allow_preview=False, visible=page.units is not None, elem_id="topk-featurevis")
         caption = gr.Markdown(elem_id="channel-caption")
         view_out = [number, *_channel_row(), caption]
         if other is not None:
@@ -129,7 +133,7 @@ def explorer_tab(page: Page) -> ExplorerTab:
         explore_timings = gr.Markdown(elem_id="explore-timings")
         channels = gr.State([])  # the top-k's channels (inside the tab: a Tabs block holds only tabs)
     explore_in = [page.image, layer, k, page.norm, page.resize, page.rule]
-    explore_out = [grid, merged, topk, channels, *view_out, summary, explore_timings]
+    explore_out = [grid, merged, topk, visualized, channels, *view_out, summary, explore_timings]
 
     def view_values(view: views.ChannelView, image, norm, resize, rule) -> tuple:
         out = (view.channel, view.feature_map, view.projection, view.crop, view.patch, view.caption)
@@ -144,8 +148,9 @@ def explorer_tab(page: Page) -> ExplorerTab:
         if image is None:
             return skip(explore_out)
         r = views.explore(pipeline, image, layer, k, norm, resize, rule)
-        return (r.grid, r.merged, r.topk, r.channels, *view_values(r.selected, image, norm, resize, rule), r.summary,
-                r.timings.markdown(pipeline.provider))
+        pictures = topk_gallery(page.units, layer, r.channels) if page.units is not None else []
+        return (r.grid, r.merged, r.topk, pictures, r.channels, *view_values(r.selected, image, norm, resize, rule),
+                r.summary, r.timings.markdown(pipeline.provider))
 
     def refresh(image, layer, k, norm, resize, rule, open_tab):
         return explore(image, layer, k, norm, resize, rule) if open_tab == "explorer" and image is not None \

@@ -14,11 +14,12 @@ from pathlib import Path
 import gradio as gr
 
 from base.cli import REPO_ROOT
-from demo.app import paper, tabs, tabs_evidence, tabs_paper
+from demo.app import paper, tabs, tabs_evidence, tabs_paper, tabs_units
 from demo.app.inputs import UPLOAD_LIMITS
 from demo.app.page import PRIVATE, Inputs, Page
 from demo.app.pipeline import Pipeline
 from demo.app.text import HOW_TO_READ, INTRO, describe, model_card_markdown
+from demo.app.units import UnitPictures
 
 EXAMPLES_DIR = REPO_ROOT / "examples"
 EXAMPLES = ("chelsea.png", "astronaut.png", "coffee.png")  # one cat and two pictures off the network's domain
@@ -75,12 +76,14 @@ def _input_column(pipeline: Pipeline, examples_dir: Path, compare: Pipeline | No
 
 def build_demo(pipeline: Pipeline, concurrency: int = 1, queue_size: int = 64,
                examples_dir: Path = EXAMPLES_DIR, atlas_dir: str | Path | None = None,
-               compare: Pipeline | None = None, health_dir: str | Path | None = None) -> gr.Blocks:
+               compare: Pipeline | None = None, health_dir: str | Path | None = None,
+               featurevis: tuple[int, int] = (128, 112)) -> gr.Blocks:
     """The app's page for ``pipeline``, queued: at most ``concurrency`` model calls at once, ``queue_size`` waiting.
 
     ``atlas_dir``: a dataset atlas (``python -m demo.mine``) shown in an "Atlas" tab; None: no such tab.
     ``compare``: a second model's pipeline, shown beside the first in "All layers" and the layer explorer.
     ``health_dir``: a ``python -m demo.health`` folder for the "Model health" tab (the conv1 filters are always shown).
+    ``featurevis``: (steps, size) of a feature visualization made on request in the "Units" tab.
 
     API endpoints (gradio_client): ``/analyse`` (image, norm, resize) -> top-5 label, 13 captioned layer images,
     the network's input, the .npz, the timings; ``/explore`` (image, layer, k, norm, resize); ``/channel``
@@ -104,10 +107,12 @@ def build_demo(pipeline: Pipeline, concurrency: int = 1, queue_size: int = 64,
                                     elem_id="norm")
                     rule = gr.Radio(RULE_CHOICES, value="deconvnet", label="Backward rule at each ReLU",
                                     elem_id="rule")
-                page = Page(pipeline, inputs.image, norm, inputs.resize, gr.State("layers"), rule, compare)
+                pictures = UnitPictures.with_settings(pipeline, *featurevis)
+                page = Page(pipeline, inputs.image, norm, inputs.resize, gr.State("layers"), rule, compare, pictures)
                 with gr.Tabs(elem_id="tabs"):
                     layers = tabs.layers_tab(page, inputs)
                     explorer = tabs.explorer_tab(page)
+                    tabs_units.units_tab(page, pictures, atlas_dir)
                     tabs.classes_tab(page)
                     tabs.rules_tab(page)
                     tabs_paper.occlusion_tab(page)

@@ -38,6 +38,15 @@ from demo.analyses.atlas.site import build_site, draw_command
 from demo.analyses.dataset import ChannelMaxima, Loader, model_sha1, read_samples
 from demo.onnx_forward import OnnxModel
 
+FEATUREVIS_HELP = ("feature visualizations to show on the site's channel pages: a python -m demo.featurevis --out "
+                   "folder, or a packed set such as models/featurevis")
+
+
+def check_featurevis(folder: str | None) -> None:
+    """FileNotFoundError when a --featurevis folder is given but is not a folder."""
+    if folder is not None and not Path(folder).is_dir():
+        raise FileNotFoundError(f"--featurevis {folder}: no such folder")
+
 
 def parse_args(argv: list[str] | None = None) -> MineConfig:
     """Fill a MineConfig from the command line."""
@@ -74,6 +83,8 @@ def parse_args(argv: list[str] | None = None) -> MineConfig:
     p.add_argument("--html", action="store_true",
                    help="also write a static site into ATLAS_DIR (index.html: a page per layer and per channel, "
                         "opens from the file system); python -m demo.atlas_site ATLAS_DIR rewrites it alone")
+    p.add_argument("--featurevis", metavar="DIR", default=None,
+                   help="with --html: " + FEATUREVIS_HELP)
     ray_engine.add_engine_options(p)
     args = p.parse_args(argv)
     try:
@@ -84,6 +95,8 @@ def parse_args(argv: list[str] | None = None) -> MineConfig:
     for name in ("k", "batch_size", "limit"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.featurevis is not None and not args.html:
+        p.error("--featurevis needs --html (the pictures are shown on the site's channel pages)")
     if args.size is not None and (args.size < spec.SIZE_MULTIPLE or args.size % spec.SIZE_MULTIPLE):
         p.error(f"--size must be a positive multiple of {spec.SIZE_MULTIPLE}")
     return MineConfig(**{f.name: getattr(args, f.name) for f in fields(MineConfig)})
@@ -97,6 +110,7 @@ def run(config: MineConfig, progress: Callable[[int, int], None] | None = None, 
     """
     out = Path(config.out)
     layers = parse_layers(config.layers)
+    check_featurevis(config.featurevis)
     ray_settings = ray_engine.settings_of(config)  # None: the local engine
     if out.exists() and any(out.iterdir()) and not (config.resume or config.overwrite):
         raise ValueError(f"{out} is not empty: pass --resume to continue a run there, or --overwrite")
@@ -160,7 +174,8 @@ def run(config: MineConfig, progress: Callable[[int, int], None] | None = None, 
         print(f"the other {total - have} channels are listed with their values; draw them with `{draw_command(atlas)}`"
               f", or let the app draw each one on demand (python app.py --atlas {out})")
     if config.html:
-        print(f"site: open {build_site(out, bar)} in a browser (rewrite it with python -m demo.atlas_site {out})")
+        index = build_site(out, bar, config.featurevis)
+        print(f"site: open {index} in a browser (rewrite it with python -m demo.atlas_site {out})")
     return out
 
 
@@ -178,17 +193,18 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(mine, config)
 
 
-
 def site_main(argv: list[str] | None = None) -> int:
     """``python -m demo.atlas_site ATLAS_DIR``: (re)write the static site of an atlas (no model, no data needed)."""
     p = argparse.ArgumentParser(prog="python -m demo.atlas_site", description=site.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("atlas", metavar="ATLAS_DIR", help="an atlas made by python -m demo.mine")
+    p.add_argument("--featurevis", metavar="DIR", default=None, help=FEATUREVIS_HELP)
     add_debug_option(p)
     args = p.parse_args(argv)
 
     def write(atlas_dir: str) -> Path:
-        index = build_site(atlas_dir)
+        check_featurevis(args.featurevis)
+        index = build_site(atlas_dir, featurevis=args.featurevis)
         print(f"wrote the site of {atlas_dir}: open {index} in a browser")
         return index
 

@@ -33,6 +33,7 @@ class MineConfig:
     resume: bool = False  # continue an interrupted run in --out
     overwrite: bool = False  # discard what --out holds and start again
     html: bool = False  # also write the static site (index.html, a page per layer and channel) into --out
+    featurevis: str | None = None  # with html: a folder of feature visualizations shown on the channel pages
     engine: str = "local"  # local (this process) or ray (a Ray Data worker pool; see demo.analyses.ray_engine)
     ray_workers: int | None = None  # with --engine ray: workers (onnxruntime sessions)
     address: str | None = None  # with --engine ray: a running Ray cluster to join

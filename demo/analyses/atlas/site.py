@@ -12,6 +12,9 @@ Written beside the atlas (see ``demo/analyses/atlas/__init__.py``), in the same 
                         next channel (by number and by strength) and back to the layer. A channel not drawn yet
                         shows the exact command that draws it.
     L/thumbs/CCCC.png   the thumbnails: the strongest entry's projection beside its patch, 64 px high
+    L/featurevis/CCCC.* with ``--featurevis DIR`` (a ``python -m demo.featurevis`` folder, or a packed set such as
+                        ``models/featurevis``): the channel's feature visualization, copied in and shown on its
+                        page beside the data set's examples
 
 Plain HTML with inline CSS: relative links only, no external resource, no JavaScript. Every string read from the
 atlas's files (paths, class names, the data and model names) is HTML-escaped. Building again rewrites the pages
@@ -63,6 +66,7 @@ td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 .card .val { color: #555; font-variant-numeric: tabular-nums; }
 .card.dead { opacity: 0.55; }
 .picture { max-width: 100%; image-rendering: pixelated; border: 1px solid #ddd; background: #fff; }
+.picture.fv { width: 224px; image-rendering: auto; }
 pre { background: #f0f0f0; padding: 0.7em; overflow-x: auto; white-space: pre-wrap; word-break: break-all; }
 .undrawn { background: #fff8e0; border: 1px solid #e6d08a; padding: 0.6em 1em; border-radius: 4px; }
 """
@@ -221,7 +225,41 @@ def _link(href: str | None, text: str) -> str:
     return f'<a href="{esc(href)}">{text}</a>' if href else f'<span class="off">{text}</span>'
 
 
-def _channel_page(atlas: Atlas, layer: _Layer, c: int, command: str) -> str:
+FEATUREVIS_DIR = "featurevis"
+
+
+def featurevis_source(folder: Path, layer: str, channel: int) -> Path | None:
+    """The feature visualization of ``layer``'s ``channel`` in ``folder`` (a packed set's ``LAYER/CCCC.webp`` or a
+    run's ``LAYER/CCCC.png``), or None."""
+    for suffix in (".webp", ".png"):
+        path = folder / layer / f"{channel:04d}{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
+def copy_featurevis(atlas: Atlas, folder: Path, layer: str, channel: int) -> str | None:
+    """Copy the channel's feature visualization into the site (``L/featurevis/``) when it changed; returns its path
+    relative to the layer's folder, or None when ``folder`` has none."""
+    source = featurevis_source(folder, layer, channel)
+    if source is None:
+        return None
+    target = atlas.dir / layer / FEATUREVIS_DIR / source.name
+    data = source.read_bytes()
+    if not target.is_file() or target.read_bytes() != data:
+        atomic_write(target, lambda tmp: tmp.write_bytes(data), sync=False)
+    return f"{FEATUREVIS_DIR}/{source.name}"
+
+
+def _featurevis_block(name: str, c: int, picture: str | None) -> str:
+    if picture is None:
+        return ""
+    return (f'<h2>Feature visualization</h2>\n<p><img class="picture fv" src="{esc(picture)}" alt="{esc(name)} channel '
+            f'{c}: feature visualization"></p>\n<p class="meta">An image optimised from noise to maximise this '
+            "channel (python -m demo.featurevis): what the unit responds to, with no data set.</p>\n")
+
+
+def _channel_page(atlas: Atlas, layer: _Layer, c: int, command: str, featurevis: str | None = None) -> str:
     name, C = layer.name, len(layer.top)
     rank = layer.ranked.index(c)
     names = [str(n) for n in atlas.info.get("class_names") or []]
@@ -245,6 +283,7 @@ def _channel_page(atlas: Atlas, layer: _Layer, c: int, command: str) -> str:
                  "the image.</p>\n")
     elif entries:
         body += _draw_block(atlas, command, "This channel's picture is not drawn yet.")
+    body += _featurevis_block(name, c, featurevis)
     if not entries:
         body += "<p>This channel is zero on every image of the data set (a dead unit): nothing to show.</p>\n"
     else:
@@ -259,8 +298,9 @@ def _channel_page(atlas: Atlas, layer: _Layer, c: int, command: str) -> str:
     return page(f"{name} channel {c}", body)
 
 
-def build_site(atlas_dir: str | Path, bar: bool = True) -> Path:
+def build_site(atlas_dir: str | Path, bar: bool = True, featurevis: str | Path | None = None) -> Path:
     """Write the site of the atlas ``atlas_dir`` (its mining done) beside it; return the path of ``index.html``.
+    ``featurevis``: a folder of feature visualizations (``featurevis_source``) shown on the channel pages.
 
     FileNotFoundError when ``atlas_dir`` is not an atlas; ValueError when atlas.json names a layer that is not one
     of VGG16's conv layers (the layer names become folder names).
@@ -280,7 +320,8 @@ def build_site(atlas_dir: str | Path, bar: bool = True) -> Path:
                            atlas.index[f"{name}/values"][:, 0].astype(np.float32), drawn)
             layers.append(layer)
             for c in range(C):
-                _write(atlas.dir / name / channel_page_name(c), _channel_page(atlas, layer, c, command))
+                picture = copy_featurevis(atlas, Path(featurevis), name, c) if featurevis is not None else None
+                _write(atlas.dir / name / channel_page_name(c), _channel_page(atlas, layer, c, command, picture))
                 pbar.update()
             _write(atlas.dir / name / "index.html", _layer_page(atlas, layer, command))
     return _write(atlas.dir / "index.html", _index_page(atlas, layers, command))

@@ -1,0 +1,89 @@
+"""The app's unit pages (demo.app.units): pictures shipped, made on request and cached, connections, the sanity
+view, and the packed set's round trip."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import make_image
+from PIL import Image
+
+from demo.analyses.featurevis.optimize import Settings
+from demo.analyses.featurevis.shipped import ShippedSet, pack
+from demo.app import units as unit_views
+from demo.app.inputs import InputError
+from demo.app.pipeline import Pipeline
+from demo.onnx_forward import OnnxModel
+
+FAST = Settings(steps=2, size=32)
+
+
+@pytest.fixture
+def cat_image(tmp_path) -> str:
+    path = tmp_path / "cat.png"
+    make_image("RGB", (48, 40), 3).save(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_onnx) -> Pipeline:
+    return Pipeline(OnnxModel(tiny_onnx, device="cpu", threads=1))
+
+
+def test_picture_made_on_request_then_cached(pipeline, tmp_path):
+    pictures = unit_views.UnitPictures(pipeline, tmp_path / "none", FAST, FAST)
+    seen = []
+    pic, source = pictures.picture("conv4_1", 3, progress=lambda done, total: seen.append((done, total)))
+    assert source == "made now" and pic.shape == (32, 32, 3) and pic.dtype == np.uint8
+    assert seen[-1] == (2, 2)
+    again, source = pictures.picture("conv4_1", 3)
+    assert source == "cached" and np.array_equal(pic, again)
+    with pytest.raises(InputError):
+        pictures.picture("conv4_1", 512)
+    with pytest.raises(InputError):
+        pictures.picture("class", 12)
+
+
+def test_connections_are_the_strongest_summed_weights(pipeline):
+    into, out = unit_views.connections(pipeline, "conv3_2", 5, k=4)
+    w = pipeline.model.weights["conv3_2"][5].sum(axis=(1, 2))
+    assert [c.channel for c in into] == list(np.argsort(-np.abs(w), kind="stable")[:4])
+    assert all(c.layer == "conv3_1" for c in into) and all(c.layer == "conv3_3" for c in out)
+    assert into[0].weight == pytest.approx(float(w[into[0].channel]))
+    into, out = unit_views.connections(pipeline, "conv5_3", 0, k=3)
+    assert [c.layer for c in out] == ["class"] * 3
+    into, _ = unit_views.connections(pipeline, "conv1_1", 0, k=3)
+    assert [c.layer for c in into] == ["RGB"] * 3
+
+
+def test_unit_page_and_sanity(pipeline, tmp_path, cat_image):
+    pictures = unit_views.UnitPictures(pipeline, tmp_path / "none", FAST, FAST)
+    page = unit_views.unit_page(pictures, "conv5_3", 2, cat_image)
+    assert "conv5_3 channel 2" in page.caption and page.projection is not None
+    assert len(page.into) == 6 and len(page.out) == 6 and page.atlas is None
+    klass = unit_views.unit_page(pictures, "class", 1)
+    assert klass.projection is None and "class 1" in klass.caption
+    assert len(unit_views.class_gallery(pictures)) == 12
+    shown = unit_views.sanity_gallery(pictures, "conv5_3", 2)
+    assert [label for _, label in shown] == [label for label, _ in unit_views.CASCADE]
+    assert not np.array_equal(shown[0][0], shown[-1][0])  # the randomized model's picture differs
+
+
+def test_pack_and_read_a_shipped_set(pipeline, tmp_path):
+    src = tmp_path / "run"
+    (src / "conv5_3").mkdir(parents=True)
+    ramp = np.linspace(0, 255, 32)
+    picture = np.stack(np.broadcast_arrays(ramp[:, None], ramp[None, :], 128 + 0 * ramp[None, :]), -1).astype(np.uint8)
+    Image.fromarray(picture).save(src / "conv5_3" / "0007.png")
+    (src / "conv5_3" / "0007.json").write_text(json.dumps({"target": "conv5_3/7", "channel": 7, "flat": False,
+                                                            "settings": {"steps": 2}}))
+    index = pack(src, tmp_path / "set", pipeline.model.path)
+    assert index["units"]["conv5_3"]["0007"]["target"] == "conv5_3/7"
+    shipped = ShippedSet(tmp_path / "set")
+    assert shipped.matches(pipeline.model.path) and shipped.get("conv5_3", 7).shape == (32, 32, 3)
+    assert shipped.get("conv5_3", 8) is None
+    pictures = unit_views.UnitPictures(pipeline, tmp_path / "set", FAST, FAST)
+    pic, source = pictures.picture("conv5_3", 7)
+    assert source == "shipped" and np.abs(pic.astype(int) - picture).mean() < 4  # WebP, lossy
