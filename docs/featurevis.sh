@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Regenerates the shipped feature visualizations of the default model (models/featurevis/), without cat-12:
-#   bash docs/featurevis.sh                 # OUT=/work/fv_out (kept outside git), resumable: rerun to continue
+#   bash docs/featurevis.sh                 # OUT=out/featurevis (ignored by git), resumable: rerun to continue
 # 1. the pictures (hours on a 2-core CPU; every finished target is kept, rerun with the same line to go on):
 #    the 12 class logits, then conv5_3, conv4_3 and conv3_3 channels in channel order, 64 Adam steps at 96 px;
 # 2. the compact committed set: WebP pictures and models/featurevis/index.json (what the app shows).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-/work/fv_out}
+OUT=${OUT:-out/featurevis}
 PYTHON=${PYTHON:-python}
 mkdir -p "$OUT"
 "$PYTHON" -m demo.featurevis class/all conv5_3/all conv4_3/all conv3_3/all --steps 64 --size 96 --batch 16 --seed 0 \

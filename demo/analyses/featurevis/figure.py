@@ -2,7 +2,7 @@
 units visualised on cascading-randomized models (conv5_3 random; conv4 and conv5 random; all random).
 
     python -m demo.featurevis_figure examples/chelsea.png --units conv5_3/7,conv5_3/276 \\
-        --pictures /work/fv_out --out docs/featurevis_chelsea.png
+        --pictures out/featurevis --out docs/featurevis_chelsea.png
 
 One row per unit: the feature visualization (from ``--pictures``, a ``python -m demo.featurevis`` folder made with
 the trained model; made now when absent), the deconvnet projection of the unit's strongest activation on the image,
