@@ -18,7 +18,7 @@ from demo.preprocess import deprocess
 
 SANITY_RESULTS = REPO_ROOT / "docs" / "sanity_summary.csv"  # the sanity checks' summary over many images, if measured
 NOT_MEASURED = "not measured"
-SHOWN_STEPS = ("head", "head+conv5_3")  # the cascading steps the verdict quotes: head random; conv5_3 random too
+SHOWN_STEPS = ("head", "head+conv5_3", "head+conv5_3+conv5_2+conv5_1")  # the cascading steps quoted, when measured
 
 
 def sanity_result(method: str, path: str | Path | None = SANITY_RESULTS) -> str:
