@@ -160,6 +160,23 @@ def top_channels(activation: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray
     return channels.astype(np.int64), np.take_along_axis(peaks, channels, axis=1).astype(np.float32)
 
 
+def class_signal(head: Head, activations: Mapping[str, np.ndarray], class_index: int | Sequence[int] | np.ndarray,
+                 rule: Rule = "deconvnet") -> tuple[np.ndarray, dict[str, str], np.ndarray]:
+    """The start of a class projection: d logit / d conv5_3 (N, 512, h, w) through the head with the rule at its
+    ReLUs, the rule of each conv ReLU below (for the descent), and the logits (N,) of ``class_index`` (one class
+    for all N images, or one per image). ValueError for a class outside the head's."""
+    feature = np.asarray(activations[CONV_LAYERS[-1]], dtype=np.float32)
+    N = feature.shape[0]
+    classes = np.broadcast_to(np.asarray(class_index, dtype=np.int64), (N,))
+    if ((classes < 0) | (classes >= head.num_classes)).any():
+        raise ValueError(f"class_index must lie in 0..{head.num_classes - 1}, got {class_index}")
+    relus = (*CONV_LAYERS, *(HEAD_RELUS if head.kind == "torchvision" else ()))
+    rules = layer_rules(rule, relus)
+    forward = head_forward(head, feature)
+    signal = head_backward(head, forward, classes, rules)  # (N, 512, h, w) at conv5_3's output
+    return signal, {name: rules[name] for name in CONV_LAYERS}, forward.logits[np.arange(N), classes]
+
+
 class Deconvnet:
     """Projects conv activations and class scores of an exported VGG16 back to pixel space, in NumPy.
 
@@ -268,16 +285,8 @@ class Deconvnet:
         if head is None:
             raise ValueError("project_class needs the model's head: pass head= (e.g. OnnxModel.head) or build the "
                              "deconvnet with Deconvnet.from_model")
-        feature = np.asarray(activations[CONV_LAYERS[-1]], dtype=np.float32)
-        N = feature.shape[0]
-        classes = np.broadcast_to(np.asarray(class_index, dtype=np.int64), (N,))
-        if ((classes < 0) | (classes >= head.num_classes)).any():
-            raise ValueError(f"class_index must lie in 0..{head.num_classes - 1}, got {class_index}")
-        relus = (*CONV_LAYERS, *(HEAD_RELUS if head.kind == "torchvision" else ()))
-        rules = layer_rules(rule, relus)
-        forward = head_forward(head, feature)
-        signal = head_backward(head, forward, classes, rules)  # (N, 512, h, w) at conv5_3's output
-        conv_rules = {name: rules[name] for name in CONV_LAYERS}
+        signal, conv_rules, logits = class_signal(head, activations, class_index, rule)
+        N = signal.shape[0]
         net = _net(self._wmats, switches, CONV_LAYERS[-1], conv_rules, activations)
         images = _project_batch(signal, CONV_LAYERS[-1], net, np.arange(N))
-        return images, forward.logits[np.arange(N), classes]
+        return images, logits

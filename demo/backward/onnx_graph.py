@@ -34,9 +34,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from base.spec import CONV_LAYERS, HEAD_RELUS, Rule, layer_rules, pool_below
-from demo.backward.deconvnet import MODES, Projection, strongest, top_channels
-from demo.backward.head import Head, head_backward, head_forward
+from base.spec import CONV_LAYERS, Rule, layer_rules, pool_below
+from demo.backward.deconvnet import MODES, Projection, class_signal, strongest, top_channels
+from demo.backward.head import Head
 
 OPSET = 17
 SIGNAL = "signal"  # (B, C, h, w) float32 at the output of the starting layer, before its ReLU
@@ -258,18 +258,9 @@ class OnnxDeconvnet:
         """Project a class score (its logit) back to pixels: -> images (N, 3, H, W), logits (N,), as
         ``Deconvnet.project_class`` (``head``: default the model's); the head's backward pass runs in NumPy."""
         head = head if head is not None else self.model.head
-        feature = np.asarray(activations[CONV_LAYERS[-1]], dtype=np.float32)
-        N = feature.shape[0]
-        classes = np.broadcast_to(np.asarray(class_index, dtype=np.int64), (N,))
-        if ((classes < 0) | (classes >= head.num_classes)).any():
-            raise ValueError(f"class_index must lie in 0..{head.num_classes - 1}, got {class_index}")
-        relus = (*CONV_LAYERS, *(HEAD_RELUS if head.kind == "torchvision" else ()))
-        rules = layer_rules(rule, relus)
-        forward = head_forward(head, feature)
-        signal = head_backward(head, forward, classes, rules)  # (N, 512, h, w) at conv5_3's output
-        conv_rules = {name: rules[name] for name in CONV_LAYERS}
+        signal, conv_rules, logits = class_signal(head, activations, class_index, rule)
         images = self.project_down(signal, CONV_LAYERS[-1], switches, rule=conv_rules, activations=activations)
-        return images, forward.logits[np.arange(N), classes]
+        return images, logits
 
     def _in_passes(self, signal: np.ndarray, image_of: np.ndarray, layer: str, switches, rule, activations,
                    rows_per_pass: int | None) -> np.ndarray:
