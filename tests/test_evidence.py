@@ -212,6 +212,22 @@ def test_the_right_map_scores_better():
     assert good.road_morf < bad.road_morf and good.road_lerf > bad.road_lerf
 
 
+def test_scores_are_the_probabilities_of_each_perturbed_image(onnx_model):
+    network = M.Network.from_model(onnx_model)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 3, SIZE, SIZE), dtype=np.float32)
+    saliency = rng.random((SIZE, SIZE)).astype(np.float32)
+    got = F.faithfulness(network, x, saliency, 2, steps=5, seed=1)
+    deletion, insertion = F.perturbation_series(x, saliency, 5, seed=1)
+    p = lambda images: network.probs(images, 1)[:, 2]  # noqa: E731  one image per run: another batching
+    np.testing.assert_allclose(got.deletion, p(deletion), atol=1e-5)
+    np.testing.assert_allclose(got.insertion, p(insertion), atol=1e-5)
+    morf, lerf = F.road_images(x, saliency, seed=1)
+    assert got.road_morf == pytest.approx(float(np.mean(p(morf) - p(x))), abs=1e-5)
+    assert got.road_lerf == pytest.approx(float(np.mean(p(lerf) - p(x))), abs=1e-5)
+    assert got.deletion_auc == pytest.approx(F.auc(p(deletion)), abs=1e-5)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The command line
 
@@ -294,3 +310,37 @@ def test_cli_scores_the_label_of_a_label_file(tiny_onnx, image_folder, tmp_path,
     capsys.readouterr()
     assert cli.main([str(image_folder / "a.jpg"), "--target", "label", *args]) == 2
     assert "needs labelled images" in capsys.readouterr().err
+
+
+def test_occlusion_maps_every_class_from_one_pass_as_the_occlusion_analysis(onnx_model):
+    from demo.analyses.occlusion import occlusion_maps
+
+    network = M.Network.from_model(onnx_model)
+    rng = np.random.default_rng(3)
+    for x in (rng.standard_normal((1, 3, SIZE, SIZE), dtype=np.float32),
+              rng.standard_normal((1, 3, SIZE, SIZE), dtype=np.float32)):  # a new image: no stale result
+        for cls in (0, 2):
+            ours = M.attribute("occlusion", network, x, cls)[0]
+            r = occlusion_maps(onnx_model, x, SIZE // 4, SIZE // 8, cls, bar=False)
+            drop = r.base_probs[cls] - r.probability
+            expected = np.repeat(np.repeat(drop, SIZE // 8, axis=0), SIZE // 8, axis=1)
+            np.testing.assert_allclose(ours, expected, atol=1e-6)
+
+
+def test_cli_root_resolves_a_label_file_kept_elsewhere(tiny_onnx, tmp_path):
+    from demo.analyses.evidence import cli
+
+    data = tmp_path / "data"
+    (data / "imgs").mkdir(parents=True)
+    for i in range(3):
+        make_image("RGB", (32, 32), seed=i).save(data / "imgs" / f"{i}.png")
+    listing = tmp_path / "lists" / "val.txt"
+    listing.parent.mkdir()
+    listing.write_text("".join(f"imgs/{i}.png\t{i}\n" for i in range(3)))
+    out = tmp_path / "out"
+    args = ["--model", str(tiny_onnx), "--methods", "random", "--steps", "2", "--no-road", "--out", str(out)]
+    assert cli.main([str(listing), "--root", str(data), "--limit", "2", *args]) == 0
+    with open(out / "faithfulness.csv") as f:
+        images = [r["image"] for r in csv.DictReader(f)]
+    assert images == ["imgs/0.png", "imgs/0.png", "imgs/1.png", "imgs/1.png"]  # named relative to --root
+    assert cli.main([str(listing), *args]) == 2  # without --root the paths point nowhere

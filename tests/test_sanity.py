@@ -378,6 +378,8 @@ def test_cli_writes_csvs_and_pictures(tiny_onnx, tmp_path):
     (["--target", "conv5_3/512"], "channels 0..511"),
     (["--rules", "lrp"], "unknown rule"),
     (["--seed", "-1"], "seed"),
+    (["--samples", "0"], "--samples"),
+    (["--ig-steps", "1"], "--ig-steps"),
 ])
 def test_cli_bad_arguments(tiny_onnx, tmp_path, args, message):
     path = tmp_path / "cat.png"

@@ -24,6 +24,7 @@ from conftest import ROOT, TINY_SIZE, make_image
 
 from base import spec
 from base.spec import CONV_LAYERS, RULES
+from demo.analyses import dataset
 from demo.analyses.evidence import attribute
 from demo.analyses.sanity import measure, randomize, verdicts
 from demo.analyses.sanity.measure import METHODS, SanityMethod, Subject, Target
@@ -177,11 +178,11 @@ def test_gather_images_label_file_root_and_round_robin(tmp_path):
         lines.append(f"imgs/{i}.png\t{i // 3}")
     listing = tmp_path / "list.txt"  # elsewhere than the images: paths relative to --root
     listing.write_text("\n".join(lines) + "\n")
-    picked = verdicts.gather_images([str(listing)], root=str(data), limit=4)
+    picked = dataset.gather_images([str(listing)], root=str(data), limit=4)
     assert [p.path.name for p in picked] == ["0.png", "3.png", "6.png", "1.png"]
     assert all(p.path.is_file() for p in picked)
     with pytest.raises(FileNotFoundError):
-        verdicts.gather_images([str(tmp_path / "nope.txt")])
+        dataset.gather_images([str(tmp_path / "nope.txt")])
 
 
 def test_summarize_mean_and_sds():
@@ -286,3 +287,23 @@ def test_cli_methods_from_the_evidence_registry(tiny_onnx, tmp_path):
                           "conv5_3", "--methods", "gradcam", "--out", str(out)], cwd=ROOT, capture_output=True,
                          text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.startswith("error: method 'gradcam' maps class targets only")
+
+
+def test_cli_sample_counts_reach_the_methods_and_are_restored(tiny_onnx, tmp_path):
+    from demo.analyses.sanity import cli
+    from demo.onnx_forward import OnnxModel
+
+    picture = tmp_path / "cat.png"
+    make_image("RGB", (40, 36), seed=5).save(picture)
+    before = dict(METHODS)
+    out = tmp_path / "out"
+    assert cli.main([str(picture), "--model", str(tiny_onnx), "--target", "class/1", "--methods", "smoothgrad,ig",
+                     "--samples", "2", "--ig-steps", "3", "--steps", "1", "--no-classes", "--out", str(out)]) == 0
+    assert METHODS == before
+    model = OnnxModel(tiny_onnx, device="cpu")
+    x = preprocess(picture, model.input_size, model.mean, model.std)
+    saved = np.load(out / "sanity.npz")
+    for name, options in (("smoothgrad", {"samples": 2}), ("ig", {"steps": 3})):
+        np.testing.assert_allclose(saved[f"cascading/0/{name}"][0], attribute(name, model, x, 1, **options)[0],
+                                   rtol=1e-5, atol=1e-6, err_msg=name)
+        assert not np.allclose(saved[f"cascading/0/{name}"][0], attribute(name, model, x, 1)[0]), name

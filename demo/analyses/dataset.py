@@ -2,18 +2,20 @@
 per-channel maxima straight from onnxruntime.
 
 ``read_samples`` finds the images (a cat-12 label file, a folder holding ``train_list.txt``, an ImageFolder tree or
-a plain folder); ``Loader`` decodes one through the project's one safe path (an unreadable file is one
-``skipped ...`` line on stderr, and ``None``); ``batches`` decodes in background threads one batch ahead of the
-consumer; ``ChannelMaxima`` runs a copy of the exported graph that ends, for each chosen layer, in an ArgMax and a
-GatherElements over the flattened maps (``reduction_graph``), so that only the (N, C) maxima and their positions
-leave the runtime. The atlas miner and the model-health pass both stream with these.
+a plain folder); ``gather_images`` takes a command line's mix of files, label files (their paths resolved against a
+root when asked) and folders, optionally a class-balanced subset; ``Loader`` decodes one through the project's one
+safe path (an unreadable file is one ``skipped ...`` line on stderr, and ``None``); ``batches`` decodes in
+background threads one batch ahead of the consumer; ``ChannelMaxima`` runs a copy of the exported graph that ends,
+for each chosen layer, in an ArgMax and a GatherElements over the flattened maps (``reduction_graph``), so that only
+the (N, C) maxima and their positions leave the runtime. The atlas miner and the model-health pass both stream with
+these.
 """
 
 from __future__ import annotations
 
 import hashlib
 import sys
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,7 +29,7 @@ from tqdm import tqdm
 
 from base import spec
 from base.images import IMAGE_EXTENSIONS
-from base.labels import Sample, find_samples
+from base.labels import Sample, find_samples, parse_label_file
 from demo.onnx_forward import OnnxModel, session_options
 from demo.preprocess import preprocess
 
@@ -49,6 +51,54 @@ def read_samples(data: str | Path) -> list[Sample]:
         if paths:
             return [Sample(p, -1) for p in paths]
     raise ValueError(f"{root}: no images")
+
+
+def gather_images(inputs: Sequence[str], root: str | None = None, limit: int = 0) -> list[Sample]:
+    """The images named by ``inputs``: image files, label files (``path<TAB>label`` lines) and folders (a folder
+    holding ``train_list.txt``, an ImageFolder tree or a plain folder of images, searched recursively).
+
+    ``root``: the folder the relative paths of label files are resolved against (default: each label file's own
+    folder). ``limit`` > 0 keeps that many, taken round-robin over the labels in list order (about equally many
+    per class, the same ones on every run). FileNotFoundError for a path that does not exist; ValueError when
+    nothing is found."""
+    samples: list[Sample] = []
+    for text in inputs:
+        path = Path(text)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such image, label file or folder")
+        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+            samples.append(Sample(path, -1))
+        elif path.is_file():
+            listed = parse_label_file(path)
+            if root is not None:
+                listed = [Sample(Path(root) / s.path.relative_to(path.parent), s.label, s.line) for s in listed]
+            samples.extend(listed)
+        else:
+            samples.extend(read_samples(path))
+    if not samples:
+        raise ValueError(f"no images in {', '.join(inputs)}")
+    if 0 < limit < len(samples):
+        by_label: dict[int, list[Sample]] = defaultdict(list)
+        for s in samples:
+            by_label[s.label].append(s)
+        queues = [list(reversed(v)) for v in by_label.values()]
+        picked: list[Sample] = []
+        while len(picked) < limit:
+            for q in queues:
+                if q and len(picked) < limit:
+                    picked.append(q.pop())
+        samples = picked
+    return samples
+
+
+def image_name(sample: Sample, root: Path | None = None) -> str:
+    """How a row names its image: the path relative to ``root`` when inside it, else as given."""
+    if root is not None:
+        try:
+            return Path(sample.path).resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            pass
+    return str(sample.path)
 
 
 @dataclass(frozen=True)

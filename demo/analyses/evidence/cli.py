@@ -2,6 +2,7 @@
 
     python -m demo.faithfulness examples/chelsea.png --out out/faithfulness
     python -m demo.faithfulness LABEL_FILE --target label --methods gradcam,ig --limit 50 --out out/faithfulness
+    python -m demo.faithfulness docs/heldout_val.txt --root ../shared/data/cat12 --limit 50 --out out/faithfulness
 
 For every image and method the map of the scored class is computed (``demo.analyses.evidence.methods``) and then
 perturbed in its order (``demo.analyses.evidence.faithfulness``): deletion sets the most relevant pixels to zero
@@ -12,7 +13,8 @@ Faithful maps have a low deletion AUC, a high insertion AUC, a low (negative) RO
 ``random`` (uniform noise) and ``edges`` (a Sobel edge map) are baselines, always included.
 
 The class scored is the one predicted on the image, or with ``--target label`` the label of a cat-12 label file
-(``<path><TAB><label>`` per line, a folder holding train_list.txt, or an ImageFolder tree).
+(``<path><TAB><label>`` per line, a folder holding train_list.txt, or an ImageFolder tree); ``--root`` resolves a
+label file's relative paths against another folder (the committed held-out list names cat-12's files).
 
 Writes into DIR: ``faithfulness.csv`` (one row per image and method: image, class, method, deletion_auc,
 insertion_auc, road_morf, road_lerf, seconds; seconds = the time to compute the map), ``summary.md`` (mean +- sd
@@ -35,9 +37,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from base.cli import add_model_options, run_cli
-from base.images import IMAGE_EXTENSIONS
-from base.labels import Sample
 from base.spec import CONV_LAYERS, RULES
+from demo.analyses.dataset import gather_images, image_name
 from demo.analyses.evidence.config import TARGETS, FaithfulnessConfig
 from demo.analyses.evidence.faithfulness import faithfulness
 from demo.analyses.evidence.methods import BASELINES, METHODS, Network, attribute, check_samples
@@ -74,22 +75,6 @@ def check(config: FaithfulnessConfig) -> list[str]:
     return methods
 
 
-def gather(inputs: Sequence[str]) -> list[Sample]:
-    """The images ``inputs`` name: image files (label -1), folders (a plain folder, an ImageFolder tree or one
-    holding train_list.txt) and label files, in order."""
-    from demo.analyses.dataset import read_samples
-
-    samples: list[Sample] = []
-    for item in map(Path, inputs):
-        if item.is_dir() or (item.is_file() and item.suffix.lower() not in IMAGE_EXTENSIONS):
-            samples += read_samples(item)
-        else:
-            samples.append(Sample(item, -1))
-    if not samples:
-        raise ValueError("no images given")
-    return samples
-
-
 def parse_args(argv: list[str] | None = None) -> FaithfulnessConfig:
     """Fill a FaithfulnessConfig from the command line."""
     p = argparse.ArgumentParser(prog="python -m demo.faithfulness", description=__doc__,
@@ -114,7 +99,11 @@ def parse_args(argv: list[str] | None = None) -> FaithfulnessConfig:
     p.add_argument("--baseline", default="black", help="Integrated Gradients' baseline: black or blurred "
                                                        "(default: %(default)s)")
     p.add_argument("--no-road", dest="road", action="store_false", help="skip ROAD (faster)")
-    p.add_argument("--limit", type=int, help="at most this many images")
+    p.add_argument("--root", metavar="DIR",
+                   help="resolve the relative paths of label files against DIR (default: the label file's folder), "
+                        "e.g. --root ../shared/data/cat12 for docs/heldout_val.txt")
+    p.add_argument("--limit", type=int, help="at most this many images, taken round-robin over the labels "
+                                             "(default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise and of tie-breaking (default: 0)")
     p.add_argument("--batch-size", type=int, default=16, help="images per onnxruntime run (default: %(default)s)")
     args = p.parse_args(argv)
@@ -157,7 +146,8 @@ def curves_figure(curves: dict[str, list[tuple[np.ndarray, np.ndarray]]]) -> np.
 def run(config: FaithfulnessConfig) -> list[dict]:
     """Do the run that ``config`` describes; return the CSV's rows."""
     methods = check(config)
-    samples = gather(config.inputs)[: config.limit]
+    samples = gather_images(config.inputs, config.root, config.limit or 0)
+    root = Path(config.root) if config.root else None
     if config.target == "label" and all(s.label < 0 for s in samples):
         raise ValueError("--target label needs labelled images: give a cat-12 label file, a folder holding "
                          "train_list.txt or an ImageFolder tree")
@@ -194,7 +184,7 @@ def run(config: FaithfulnessConfig) -> list[dict]:
                                "(sum of attributions - logit gap)", file=sys.stderr)
                 s = faithfulness(network, x, saliency, cls, config.steps, config.seed, config.batch_size,
                                  config.road)
-                rows.append({"image": str(sample.path), "class": model.class_names[cls], "method": method,
+                rows.append({"image": image_name(sample, root), "class": model.class_names[cls], "method": method,
                              "deletion_auc": s.deletion_auc, "insertion_auc": s.insertion_auc,
                              "road_morf": s.road_morf, "road_lerf": s.road_lerf, "seconds": seconds})
                 curves[method].append((s.deletion, s.insertion))

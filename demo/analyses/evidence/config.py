@@ -26,7 +26,8 @@ class FaithfulnessConfig:
     ig_steps: int = 32  # Integrated Gradients' path points
     baseline: str = "black"  # Integrated Gradients' baseline: black | blurred
     road: bool = True  # also ROAD (18 imputed images per map)
-    limit: int | None = None  # at most this many images
+    root: str | None = None  # folder that label files' relative paths are resolved against
+    limit: int | None = None  # at most this many images, round-robin over the labels
     seed: int = 0  # SmoothGrad's noise, the random map, tie-breaking, ROAD's noise
     batch_size: int = 16  # images per onnxruntime run
     resize: str = "crop"  # crop (short side, centre square) or stretch

@@ -146,17 +146,17 @@ def faithfulness(network: Network, image: np.ndarray, saliency: np.ndarray, clas
     if saliency.shape != (H, W):
         raise ValueError(f"the map is {saliency.shape}, the image {(H, W)}")
     deletion, insertion = perturbation_series(image, saliency, steps, seed)
-    batch = [deletion, insertion, np.asarray(image, np.float32)]
+    # deletion[0] and insertion[-1] are the image itself: it goes through the network once
+    batch = [np.asarray(image, np.float32), deletion[1:], insertion[:-1]]
     if road:
         batch += list(road_images(image, saliency, seed=seed))
     probs = network.probs(np.concatenate(batch), batch_size)[:, class_index]
-    k = steps + 1
-    curves = probs[:k], probs[k : 2 * k]
-    base = probs[2 * k]
+    base = probs[0]
+    curves = np.concatenate([[base], probs[1 : steps + 1]]), np.concatenate([probs[steps + 1 : 2 * steps + 1], [base]])
     if road:
         p = len(PERCENTILES)
-        morf = float(np.mean(probs[2 * k + 1 : 2 * k + 1 + p] - base))
-        lerf = float(np.mean(probs[2 * k + 1 + p :] - base))
+        morf = float(np.mean(probs[2 * steps + 1 : 2 * steps + 1 + p] - base))
+        lerf = float(np.mean(probs[2 * steps + 1 + p :] - base))
     else:
         morf = lerf = float("nan")
     return Scores(curves[0].astype(np.float32), curves[1].astype(np.float32), auc(curves[0]), auc(curves[1]),

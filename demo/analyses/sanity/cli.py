@@ -18,6 +18,7 @@ from base.display import NORMS
 from base.images import IMAGE_EXTENSIONS
 from base.spec import RULES
 from demo.analyses import sanity as package
+from demo.analyses.dataset import gather_images, image_name
 from demo.analyses.figures import class_name
 from demo.analyses.sanity.config import SanityConfig
 from demo.analyses.sanity.figure import curves, filmstrip, stack, summary_curves
@@ -27,14 +28,14 @@ from demo.analyses.sanity.measure import (
     METRICS,
     MODES,
     SanityResult,
+    evidence_method,
     parse_methods,
     parse_target,
+    register_method,
     sanity_results,
 )
 from demo.analyses.sanity.verdicts import (
     Verdicts,
-    gather_images,
-    image_name,
     run_verdicts,
     summarize,
     summarize_by,
@@ -100,6 +101,10 @@ def parse_args(argv: list[str] | None = None) -> SanityConfig:
                         "e.g. --root ../shared/data/cat12 for docs/heldout_val.txt")
     p.add_argument("--limit", type=int, default=0,
                    help="at most this many images, taken round-robin over the labels (default: all)")
+    p.add_argument("--samples", type=int, default=25,
+                   help="SmoothGrad's noisy copies per map (default: %(default)s)")
+    p.add_argument("--ig-steps", type=int, default=32,
+                   help="Integrated Gradients' path points per map (default: %(default)s)")
     p.add_argument("--steps", default="",
                    help="only these step numbers, comma-separated (step 0, the trained model, always), e.g. 1,2,7,14: "
                         "head; conv5_3; conv5 and conv4; every layer random (default: every step)")
@@ -146,6 +151,10 @@ def run_many(config: SanityConfig) -> Verdicts:
     samples = gather_images(config.inputs, config.root, config.limit)
     root = Path(config.root) if config.root else None
     note = f"Model {Path(model.path).name}" + (f"; compared with {Path(other.path).name}" if other else "") + "."
+    counts = [f"{what} {n}" for name, what, n in (("smoothgrad", "SmoothGrad's noisy copies", config.samples),
+                                                   ("ig", "Integrated Gradients' steps", config.ig_steps))
+              if name in methods]
+    note += f" {'; '.join(counts)}." if counts else ""
     verdicts = run_verdicts(model, samples, targets, methods, seeds, config.mode, config.classes, other,
                             config.resize, [image_name(s, root) for s in samples], steps=parse_steps(config.steps),
                             after_image=lambda done: write_verdicts(done, Path(config.out), note))  # a run cut short
@@ -160,7 +169,23 @@ def run_many(config: SanityConfig) -> Verdicts:
 
 
 def run(config: SanityConfig) -> SanityResult | Verdicts:
-    """Do the run that ``config`` describes; write the files; return the result."""
+    """Do the run that ``config`` describes; write the files; return the result. SmoothGrad's and Integrated
+    Gradients' entries of ``METHODS`` take ``--samples`` and ``--ig-steps`` for the run and are restored after."""
+    if config.samples < 1 or config.ig_steps < 2:
+        raise ValueError(f"--samples must be at least 1 and --ig-steps at least 2, got {config.samples} and "
+                         f"{config.ig_steps}")
+    saved = {name: METHODS[name] for name in ("smoothgrad", "ig")}
+    register_method(evidence_method("smoothgrad", samples=config.samples))
+    register_method(evidence_method("ig", steps=config.ig_steps))
+    try:
+        return run_checks(config)
+    finally:
+        for method in saved.values():
+            register_method(method)
+
+
+def run_checks(config: SanityConfig) -> SanityResult | Verdicts:
+    """``run`` with the methods registered."""
     parse_seeds(config.seeds)
     if config.norm not in NORMS:
         raise ValueError(f"--norm must be one of {NORMS}, got {config.norm!r}")

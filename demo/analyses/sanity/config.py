@@ -22,6 +22,8 @@ class SanityConfig:
     compare_model: str | None = None  # another .onnx file: the data-randomization comparison
     root: str | None = None  # folder that label files' relative paths are resolved against
     limit: int = 0  # at most this many images, round-robin over the labels (0: all)
+    samples: int = 25  # SmoothGrad's noisy copies per map
+    ig_steps: int = 32  # Integrated Gradients' path points per map
     steps: str = ""  # comma-separated step numbers to compute (0 always); empty: every step
     norm: str = "minmax"  # display normalisation of the filmstrip's tiles
     resize: str = "crop"  # crop (short side, centre square) or stretch

@@ -1,5 +1,5 @@
-"""The sanity checks over many images and seeds: which images (files, label files, folders), the run over every
-(image, seed) pair, the comparison with another model, and mean +- sd per method and step.
+"""The sanity checks over many images and seeds: the run over every (image, seed) pair, the comparison with
+another model, and mean +- sd per method and step (the images: ``demo.analyses.dataset.gather_images``).
 
 Each image gets ``sanity_results`` once per seed (every target from the same randomized forward passes); the
 class check depends on no seed and runs once per image; the other model (``compare``) once per image. The long
@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from base.images import IMAGE_EXTENSIONS
 from base.labels import Sample
 from demo.analyses.sanity.measure import METRICS, Target, compare_maps, sanity_results
 from demo.onnx_forward import OnnxModel
@@ -32,61 +31,6 @@ CLASS_COLUMNS = ("image", "top", "method", *(f"{m}_mean_others" for m in METRICS
 COMPARE_COLUMNS = ("image", "target", "method", *METRICS)
 SUMMARY_COLUMNS = ("target", "mode", "step", "randomized", "method", "metric", "mean", "sd", "sd_images",
                    "sd_seeds", "n")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Which images
-
-
-def gather_images(inputs: Sequence[str], root: str | None = None, limit: int = 0) -> list[Sample]:
-    """The images named by ``inputs``: image files, label files (``path<TAB>label`` lines) and folders (a folder
-    holding ``train_list.txt``, an ImageFolder tree or a plain folder of images, searched recursively).
-
-    ``root``: the folder the relative paths of label files are resolved against (default: each label file's own
-    folder). ``limit`` > 0 keeps that many, taken round-robin over the labels in list order (about equally many
-    per class, the same ones on every run). FileNotFoundError for a path that does not exist; ValueError when
-    nothing is found."""
-    from base.labels import parse_label_file
-    from demo.analyses.dataset import read_samples
-
-    samples: list[Sample] = []
-    for text in inputs:
-        path = Path(text)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such image, label file or folder")
-        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
-            samples.append(Sample(path, -1))
-        elif path.is_file():
-            listed = parse_label_file(path)
-            if root is not None:
-                listed = [Sample(Path(root) / s.path.relative_to(path.parent), s.label, s.line) for s in listed]
-            samples.extend(listed)
-        else:
-            samples.extend(read_samples(path))
-    if not samples:
-        raise ValueError(f"no images in {', '.join(inputs)}")
-    if 0 < limit < len(samples):
-        by_label: dict[int, list[Sample]] = defaultdict(list)
-        for s in samples:
-            by_label[s.label].append(s)
-        queues = [list(reversed(v)) for v in by_label.values()]
-        picked: list[Sample] = []
-        while len(picked) < limit:
-            for q in queues:
-                if q and len(picked) < limit:
-                    picked.append(q.pop())
-        samples = picked
-    return samples
-
-
-def image_name(sample: Sample, root: Path | None = None) -> str:
-    """How a row names its image: the path relative to ``root`` when inside it, else as given."""
-    if root is not None:
-        try:
-            return Path(sample.path).resolve().relative_to(root.resolve()).as_posix()
-        except ValueError:
-            pass
-    return str(sample.path)
 
 
 # ----------------------------------------------------------------------------------------------------------------
