@@ -60,5 +60,15 @@ cp "$tmp/health/health.png" "$tmp/health/conv1_filters.png" "$tmp/health/health.
 python docs/screenshots.py
 python -m export --random --batch-norm --input-size 112 --out "$tmp/random.onnx"
 python docs/screenshots.py --compare "$tmp/random.onnx"
+# 6. The evidence methods over held-out images (an hour or more on 2 cores): the sanity checks (3 seeds) and the
+#    faithfulness scores, their summaries, the README's table (printed) and the app's Evidence-tab summaries.
+python -m demo.sanity docs/heldout_val.txt --root "$DATA" --limit "${METHOD_IMAGES:-50}" --seeds 0,1,2 --target class \
+  --steps 1,4 --methods deconvnet,guided,gradient,gradcam,guided-gradcam,gradient-x-input,smoothgrad,ig,occlusion,random,edges \
+  --samples 8 --ig-steps 8 --out "$tmp/methods_sanity"
+python -m demo.faithfulness docs/heldout_val.txt --root "$DATA" --limit "${METHOD_IMAGES:-50}" --target label \
+  --out "$tmp/methods_faithfulness"
+cp "$tmp/methods_sanity/summary.md" docs/methods_sanity.md
+cp "$tmp/methods_faithfulness/summary.md" docs/methods_faithfulness.md
+python docs/methods_table.py "$tmp/methods_sanity" "$tmp/methods_faithfulness" --merge docs
 chmod 644 docs/*.png docs/*.csv docs/*.txt
 echo "docs/ regenerated from $RUN and models/vgg16_cat12.onnx"
