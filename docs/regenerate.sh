@@ -60,6 +60,7 @@ cp "$tmp/health/health.png" "$tmp/health/conv1_filters.png" "$tmp/health/health.
 python docs/screenshots.py
 python -m export --random --batch-norm --input-size 112 --out "$tmp/random.onnx"
 python docs/screenshots.py --compare "$tmp/random.onnx"
+python docs/screenshots.py --units
 # 6. The evidence methods over held-out images (an hour or more on 2 cores): the sanity checks (3 seeds) and the
 #    faithfulness scores, their summaries, the README's table (printed) and the app's Evidence-tab summaries.
 python -m demo.sanity docs/heldout_val.txt --root "$DATA" --limit "${METHOD_IMAGES:-50}" --seeds 0,1,2 --target class \

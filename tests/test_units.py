@@ -62,6 +62,11 @@ def test_unit_page_and_sanity(pipeline, tmp_path, cat_image):
     pictures = unit_views.UnitPictures(pipeline, tmp_path / "none", FAST, FAST)
     page = unit_views.unit_page(pictures, "conv5_3", 2, cat_image)
     assert "conv5_3 channel 2" in page.caption and page.projection is not None
+    made = pictures.picture("conv5_3", 2)[0]  # the cached picture, shown enlarged: the same picture, larger
+    assert page.picture.shape == (unit_views.SHOWN, unit_views.SHOWN, 3) and made.shape[0] < unit_views.SHOWN
+    from PIL import Image
+    back = np.asarray(Image.fromarray(page.picture).resize(made.shape[:2], Image.BILINEAR), np.float32)
+    assert np.abs(back - made).mean() < 12
     assert len(page.into) == 6 and len(page.out) == 6 and page.atlas is None
     klass = unit_views.unit_page(pictures, "class", 1)
     assert klass.projection is None and "class 1" in klass.caption

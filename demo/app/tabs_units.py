@@ -31,9 +31,9 @@ def units_tab(page: Page, pictures: unit_views.UnitPictures, atlas_dir: str | Pa
             projection = gr.Image(label="Its projection on the current image (strongest activation)",
                                   elem_id="unit-projection", **SMALL)
         into = gr.Gallery(label="Strongest inputs: channels of the layer below (summed 3x3 weight)", columns=6,
-                          height="auto", object_fit="contain", allow_preview=False, elem_id="unit-in")
+                          height=230, object_fit="contain", allow_preview=False, elem_id="unit-in")
         out = gr.Gallery(label="Strongest outputs: channels of the layer above (or classes)", columns=6,
-                         height="auto", object_fit="contain", allow_preview=False, elem_id="unit-out")
+                         height=230, object_fit="contain", allow_preview=False, elem_id="unit-out")
         top9 = gr.Image(label="Dataset top 9 (atlas)", visible=atlas_dir is not None, elem_id="unit-atlas", **SMALL)
         top9_caption = gr.Markdown(visible=atlas_dir is not None)
         sanity_run = gr.Button("Visualise this unit on randomized models", elem_id="unit-sanity-run")

@@ -168,7 +168,7 @@ What does one unit respond to, with no data set at hand? Its **feature visualiza
 Visualization*, Distill 2017) is an image optimised, from noise, to drive the unit as hard as possible: the
 channel's mean value before its ReLU (a class: its logit), with Lucid's Fourier parametrization and random
 jitter, scale and rotation. Pictures of the default model are shipped; any other unit (or model) gets one made
-on request, with fewer steps, in about half a minute on a CPU. Beside it: the unit's projection on your image,
+on request, with fewer steps (about 15 s on 2 idle CPU cores). Beside it: the unit's projection on your image,
 the channels that feed it and that it feeds most strongly (summed 3x3 weights, as Distill's *Zoom In* reads
 circuits), and, with an atlas, the data set's top 9. The button below re-makes the picture on models whose top
 layers are randomized: a picture that survives randomization owes little to training.

@@ -206,7 +206,29 @@ def connections(pipeline: Pipeline, layer: str, channel: int, k: int = 6) -> tup
 
 # --- the page of one unit, ready for the UI -------------------------------------------------------------------
 
-MISSING = np.full((96, 96, 3), 200, dtype=np.uint8)  # the tile of a unit without a picture yet
+SHOWN = 288  # the side, in pixels, at which the unit's own picture is shown (pictures are made at 96-112 px)
+
+
+def _missing_tile() -> np.ndarray:
+    """The tile of a unit without a picture yet: (96, 96, 3) uint8, grey, saying so."""
+    from PIL import Image, ImageDraw
+
+    tile = Image.new("RGB", (96, 96), (200, 200, 200))
+    ImageDraw.Draw(tile).multiline_text((48, 48), "no picture\nyet: open\nits page", fill=(90, 90, 90),
+                                        anchor="mm", align="center")
+    return np.asarray(tile)
+
+
+MISSING = _missing_tile()
+
+
+def enlarged(picture: np.ndarray, side: int = SHOWN) -> np.ndarray:
+    """``picture`` (P, P, 3) uint8 resampled (bicubic) to (side, side, 3) when smaller, for display."""
+    from PIL import Image
+
+    if picture.shape[0] >= side:
+        return picture
+    return np.asarray(Image.fromarray(picture).resize((side, side), Image.BICUBIC))
 
 
 @dataclass
@@ -215,7 +237,7 @@ class UnitPage:
     without an image or for a class), the connections as (picture, label) gallery items, the dataset top-9 (PNG
     path and caption, or None)."""
 
-    picture: np.ndarray
+    picture: np.ndarray  # (SHOWN, SHOWN, 3) uint8 at least: enlarged for display
     caption: str
     projection: str | None
     into: list[tuple[np.ndarray, str]]
@@ -248,6 +270,7 @@ def unit_page(units: UnitPictures, layer: str, channel: int | float, image=None,
     caption = f"**{name}**: feature visualization {how}."
     if info is not None and info.get("flat"):
         caption += " It came back flat: the optimisation found nothing that drives this unit."
+    picture = enlarged(picture)
     if layer == CLASS:
         return UnitPage(picture, caption, None, [], [], None)
     projection = None
