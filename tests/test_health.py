@@ -188,9 +188,12 @@ def test_ctrl_c_exits_cleanly(data, tiny_onnx, tmp_path):
     many = tmp_path / "many.txt"
     names = [line for line in data.read_text().splitlines() if "broken" not in line]
     many.write_text("".join(f"{data.parent / line}\n" for line in names * 400))  # 6000 images
+    # the child starts with Ctrl-C's default action, as from a terminal, even when this run was started in the
+    # background (a shell's `&` job ignores SIGINT, and a Python started so keeps ignoring it)
     proc = subprocess.Popen([sys.executable, "-m", "demo.health", "--data", str(many), "--model", str(tiny_onnx),
                              "--batch-size", "1", "--out", str(tmp_path / "out")], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout.readline().startswith("measuring")  # the model is loaded, the pass begins
         proc.send_signal(signal.SIGINT)
