@@ -224,12 +224,9 @@ class ChannelMaxima:
 
 
 def file_sha1(path: str | Path) -> str:
-    """SHA-1 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha1()
+    """Hex SHA-1 of a file's bytes."""
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha1").hexdigest()
 
 
 _SHA1_CACHE: dict[tuple[str, int, int], str] = {}

@@ -25,11 +25,8 @@ INDEX = "index.json"
 
 def file_sha256(path: str | Path) -> str:
     """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def pack(src: str | Path, dst: str | Path, model: str | Path, quality: int = QUALITY) -> dict:
