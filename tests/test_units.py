@@ -4,6 +4,7 @@ view, and the packed set's round trip."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,3 +93,27 @@ def test_pack_and_read_a_shipped_set(pipeline, tmp_path):
     pictures = unit_views.UnitPictures(pipeline, tmp_path / "set", FAST, FAST)
     pic, source = pictures.picture("conv5_3", 7)
     assert source == "shipped" and np.abs(pic.astype(int) - picture).mean() < 4  # WebP, lossy
+
+
+def _run(src: Path, layer: str, channels: list[int], steps: int = 2) -> Path:
+    """A fake python -m demo.featurevis folder: one flat-colour PNG and JSON per channel of ``layer``."""
+    (src / layer).mkdir(parents=True, exist_ok=True)
+    for c in channels:
+        Image.fromarray(np.full((16, 16, 3), 10 * c % 256, np.uint8)).save(src / layer / f"{c:04d}.png")
+        (src / layer / f"{c:04d}.json").write_text(json.dumps({"target": f"{layer}/{c}", "channel": c, "flat": False,
+                                                               "settings": {"steps": steps}}))
+    return src
+
+
+def test_a_set_grows_across_runs_of_the_same_settings_and_is_replaced_otherwise(pipeline, tmp_path):
+    model, dst = pipeline.model.path, tmp_path / "set"
+    pack(_run(tmp_path / "a", "conv5_3", [0, 1]), dst, model)
+    index = pack(_run(tmp_path / "b", "conv4_3", [3]), dst, model)  # a later run of another layer: added
+    assert ShippedSet(dst).count() == {"conv5_3": 2, "conv4_3": 1} and index["settings"] == {"steps": 2}
+    pack(_run(tmp_path / "c", "conv5_3", [1]), dst, model)  # a target in both: the newer picture
+    assert ShippedSet(dst).count() == {"conv5_3": 2, "conv4_3": 1}
+    other = pack(_run(tmp_path / "d", "conv3_3", [5], steps=8), dst, model)  # other settings: a new set
+    assert ShippedSet(dst).count() == {"conv3_3": 1} and other["settings"] == {"steps": 8}
+    assert sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*.webp")) == ["conv3_3/0005.webp"]
+    pack(_run(tmp_path / "e", "conv4_3", [2], steps=8), dst, model, replace=True)
+    assert ShippedSet(dst).count() == {"conv4_3": 1} and not (dst / "conv3_3" / "0005.webp").exists()

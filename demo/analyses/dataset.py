@@ -30,7 +30,7 @@ from tqdm import tqdm
 from base import spec
 from base.images import IMAGE_EXTENSIONS
 from base.labels import Sample, find_samples, parse_label_file
-from demo.onnx_forward import OnnxModel, session_options
+from demo.onnx_forward import OnnxModel, prune_graph, session_options
 from demo.preprocess import preprocess
 
 
@@ -160,7 +160,8 @@ def batches(load: Callable[[int], np.ndarray | None], order: Sequence[int], batc
 def reduction_graph(path: str | Path, layers: Sequence[str]) -> onnx.ModelProto:
     """A copy of the exported graph whose only outputs are, per layer L, ``L_max`` (N, C) float32, each channel's
     maximum over its feature map, and ``L_argmax`` (N, C) int64, its flat position (row * w + col, the first one
-    on ties). Nodes the new outputs do not need (the head, the switches' index arithmetic) are dropped.
+    on ties). Nodes the new outputs do not need (the head, the switches' index arithmetic) are dropped
+    (``prune_graph``).
     """
     proto = onnx.load(str(path))
     graph = proto.graph
@@ -179,27 +180,8 @@ def reduction_graph(path: str | Path, layers: Sequence[str]) -> onnx.ModelProto:
         ])
         outputs += [helper.make_tensor_value_info(f"{layer}_max", TensorProto.FLOAT, None),
                     helper.make_tensor_value_info(f"{layer}_argmax", TensorProto.INT64, None)]
-    del graph.output[:]
     graph.output.extend(outputs)
-    if not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node
-               for a in n.attribute):  # no subgraphs: every input a node reads is in node.input
-        producer = {out: node for node in graph.node for out in node.output}
-        needed, stack, keep = set(), [o.name for o in outputs], set()
-        while stack:
-            name = stack.pop()
-            if name in needed:
-                continue
-            needed.add(name)
-            if name in producer:
-                keep.add(id(producer[name]))
-                stack.extend(producer[name].input)
-        kept_nodes = [n for n in graph.node if id(n) in keep]
-        del graph.node[:]
-        graph.node.extend(kept_nodes)
-        kept_inits = [i for i in graph.initializer if i.name in needed]
-        del graph.initializer[:]
-        graph.initializer.extend(kept_inits)
-    return proto
+    return prune_graph(proto, [o.name for o in outputs])
 
 
 class ChannelMaxima:

@@ -87,7 +87,7 @@ def model_features(model: OnnxModel, layers: Sequence[str]) -> FeatureFn:
 
     def features(x: np.ndarray) -> dict[str, np.ndarray]:
         B, C, H, W = x.shape
-        values = model.session.run(convs, {spec.INPUT_NAME: np.ascontiguousarray(x, np.float32)})
+        values = model.session_for(convs).run(convs, {spec.INPUT_NAME: np.ascontiguousarray(x, np.float32)})
         acts = dict(zip(convs, values, strict=True))
         return {n: pooled_features(acts["conv5_3"], head) if n == POOLED else acts[n].reshape(B, -1)
                 for n in layers}

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -75,6 +75,7 @@ class Network:
     head: Head
     mean: np.ndarray = field(default_factory=lambda: np.asarray(MEAN, np.float32))
     std: np.ndarray = field(default_factory=lambda: np.asarray(STD, np.float32))
+    session_for: Callable[[Sequence[str]], ort.InferenceSession] | None = None  # OnnxModel.session_for
 
     @classmethod
     def from_model(cls, model) -> Network:
@@ -82,7 +83,7 @@ class Network:
         cached = _NETWORKS.get(model)
         if cached is None:
             cached = cls(model.session, Deconvnet(model.weights), model.head, np.asarray(model.mean, np.float32),
-                         np.asarray(model.std, np.float32))
+                         np.asarray(model.std, np.float32), getattr(model, "session_for", None))
             _NETWORKS[model] = cached
         return cached
 
@@ -93,11 +94,15 @@ class Network:
         return (out[PROBS_NAME], {n: out[n] for n in ACTIVATION_OUTPUTS},
                 {p: out[switch_output(p)] for p in POOL_LAYERS})
 
+    def pruned(self, outputs: Sequence[str]) -> ort.InferenceSession:
+        """A session that computes only ``outputs`` (the model's ``session_for``), else ``session``."""
+        return self.session if self.session_for is None else self.session_for(outputs)
+
     def probs(self, image: np.ndarray, batch_size: int = 16) -> np.ndarray:
         """Class probabilities (N, K) float32 of ``image`` (N, 3, H, W), ``batch_size`` images per run."""
         N = image.shape[0]
-        out = [self.session.run([PROBS_NAME], {INPUT_NAME: np.ascontiguousarray(image[a : a + batch_size],
-                                                                                np.float32)})[0]
+        session = self.pruned([PROBS_NAME])
+        out = [session.run([PROBS_NAME], {INPUT_NAME: np.ascontiguousarray(image[a : a + batch_size], np.float32)})[0]
                for a in range(0, N, batch_size)]
         return np.concatenate(out) if out else np.zeros((0, self.head.num_classes), np.float32)
 
@@ -141,7 +146,7 @@ def logits(network: Network, image: np.ndarray, batch_size: int = 16) -> np.ndar
     out = []
     for a in range(0, image.shape[0], batch_size):
         chunk = np.ascontiguousarray(image[a : a + batch_size], np.float32)
-        feature = network.session.run([CONV_LAYERS[-1]], {INPUT_NAME: chunk})[0]
+        feature = network.pruned([CONV_LAYERS[-1]]).run([CONV_LAYERS[-1]], {INPUT_NAME: chunk})[0]
         out.append(head_forward(network.head, feature).logits)
     return np.concatenate(out)
 

@@ -161,6 +161,8 @@ def pack_main(argv: list[str] | None = None) -> int:
     p.add_argument("dst", help="folder of the packed set (default set: models/featurevis)")
     p.add_argument("--model", metavar="FILE.onnx", help="the model they were made from (default: the default model)")
     p.add_argument("--quality", type=int, default=QUALITY, help="WebP quality 1..100 (default: %(default)s)")
+    p.add_argument("--replace", action="store_true",
+                   help="start DST afresh (default: add to a set of the same model and settings already there)")
     args = p.parse_args(argv)
     return run_cli(shipped.run, PackConfig(**{f.name: getattr(args, f.name) for f in fields(PackConfig)}))
 

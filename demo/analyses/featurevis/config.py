@@ -55,3 +55,4 @@ class PackConfig:
     dst: str  # the packed set (e.g. models/featurevis)
     model: str | None = None  # the model the pictures were made from
     quality: int = QUALITY  # WebP quality 1..100
+    replace: bool = False  # start DST afresh instead of adding to a set of the same model and settings

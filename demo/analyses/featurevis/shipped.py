@@ -5,6 +5,11 @@ app uses.
 wrote in SRC (``SRC/LAYER/CCCC.png`` + JSON) into DST: ``DST/LAYER/CCCC.webp`` and ``DST/index.json``, which holds
 the model file's SHA-256 (a set is shown only for the model it was made from), the settings, and per target the
 objective values and whether the picture came back flat. The default set lies in ``models/featurevis/``.
+
+A set grows across runs: when DST already holds a set of the same model file made with the same settings, its
+pictures are kept and SRC's are added (a target in both takes SRC's), so a run of further layers, on another
+machine or in another session, is packed on top of what ships. A set of another model or other settings is
+replaced (its pictures are removed), as is any set with ``--replace``.
 """
 
 from __future__ import annotations
@@ -29,14 +34,24 @@ def file_sha256(path: str | Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def pack(src: str | Path, dst: str | Path, model: str | Path, quality: int = QUALITY) -> dict:
-    """Convert ``src``'s PNGs and JSONs into ``dst``'s WebP pictures and index; returns the index."""
+def pack(src: str | Path, dst: str | Path, model: str | Path, quality: int = QUALITY, replace: bool = False) -> dict:
+    """Convert ``src``'s PNGs and JSONs into ``dst``'s WebP pictures and index, added to a set of the same model
+    and settings already there (unless ``replace``); returns the index."""
     src, dst = Path(src), Path(dst)
     metas = sorted(src.glob("*/*.json"))
     if not metas:
         raise ValueError(f"{src}: no feature visualizations (LAYER/CCCC.json) there; run python -m demo.featurevis")
+    sha = file_sha256(model)
+    settings = next((s for s in (json.loads(m.read_text()).get("settings") for m in metas) if s), None)
+    earlier = ShippedSet(dst).index if (dst / INDEX).is_file() else None
     units: dict[str, dict[str, dict]] = {}
-    settings = None
+    if earlier is not None:
+        if not replace and earlier.get("model_sha256") == sha and earlier.get("settings") == settings:
+            units = earlier["units"]
+        else:  # another model's or other settings' pictures: they go
+            for layer, stems in earlier.get("units", {}).items():
+                for stem in stems:
+                    (dst / layer / f"{stem}.webp").unlink(missing_ok=True)
     for meta in metas:
         info = json.loads(meta.read_text())
         png = meta.with_suffix(".png")
@@ -49,8 +64,7 @@ def pack(src: str | Path, dst: str | Path, model: str | Path, quality: int = QUA
         units.setdefault(layer, {})[stem] = {k: info.get(k) for k in (
             "target", "channel", "position", "maximise", "class_name", "objective_first", "objective_last",
             "objective_final", "flat")}
-        settings = settings or info.get("settings")
-    index = {"model_sha256": file_sha256(model), "model": Path(model).name, "settings": settings, "units": units,
+    index = {"model_sha256": sha, "model": Path(model).name, "settings": settings, "units": units,
              "flat": sorted(u["target"] for layer in units.values() for u in layer.values() if u["flat"])}
     atomic_write(dst / INDEX, lambda p: p.write_text(json.dumps(index, indent=0, sort_keys=True) + "\n"), sync=False)
     return index
@@ -96,9 +110,12 @@ def run(config: PackConfig) -> dict:
 
     if not 1 <= config.quality <= 100:
         raise ValueError(f"--quality must lie in 1..100, got {config.quality}")
-    index = pack(config.src, config.dst, resolve_model_path(config.model), config.quality)
+    index = pack(config.src, config.dst, resolve_model_path(config.model), config.quality, config.replace)
     size = sum(p.stat().st_size for p in Path(config.dst).rglob("*") if p.is_file())
     count = sum(len(u) for u in index["units"].values())
+    added = len([m for m in Path(config.src).glob("*/*.json") if m.with_suffix(".png").is_file()])
+    layers = ", ".join(f"{layer} {n}" for layer, n in ShippedSet(config.dst).count().items())
     flat = ", ".join(index["flat"]) or "none"
-    print(f"packed {count} pictures into {config.dst}/ ({size / 1e6:.1f} MB); flat: {flat}")
+    print(f"packed {added} pictures from {config.src} into {config.dst}/: {count} in all ({layers}; "
+          f"{size / 1e6:.1f} MB); flat: {flat}")
     return index

@@ -152,7 +152,7 @@ def invariance_curves(model: OnnxModel, images: np.ndarray, targets: Sequence[in
     if unknown:
         raise ValueError(f"unknown transform(s) {unknown}; expected {TRANSFORMS}")
     outputs = [spec.PROBS_NAME, *layers]
-    feed = lambda x: model.session.run(outputs, {spec.INPUT_NAME: np.ascontiguousarray(x, np.float32)})  # noqa: E731
+    feed = lambda x: model.session_for(outputs).run(outputs, {spec.INPUT_NAME: np.ascontiguousarray(x, np.float32)})  # noqa: E731
     targets = list(targets) if targets is not None else [None] * N
     if len(targets) != N:
         raise ValueError(f"{len(targets)} targets for {N} images")

@@ -99,7 +99,7 @@ def occlusion_maps(model: OnnxModel, image: np.ndarray, size: int = 48, stride: 
     if layer not in spec.CONV_LAYERS:
         raise ValueError(f"unknown layer {layer!r}")
     names = [spec.PROBS_NAME, layer]
-    feed = lambda x: model.session.run(names, {spec.INPUT_NAME: np.ascontiguousarray(x, np.float32)})  # noqa: E731
+    feed = lambda x: model.session_for(names).run(names, {spec.INPUT_NAME: np.ascontiguousarray(x, np.float32)})  # noqa: E731
     base_probs, base_act = feed(image)
     K = base_probs.shape[1]
     if target is not None and not 0 <= target < K:
