@@ -3,7 +3,8 @@
 #   bash docs/featurevis.sh                 # OUT=out/featurevis (ignored by git), resumable: rerun to continue
 # 1. the pictures (hours on a 2-core CPU; every finished target is kept, rerun with the same line to go on):
 #    the 12 class logits, then conv5_3, conv4_3 and conv3_3 channels in channel order, 64 Adam steps at 96 px;
-# 2. the compact committed set: WebP pictures and models/featurevis/index.json (what the app shows).
+# 2. the compact committed set: WebP pictures and models/featurevis/index.json (what the app shows), added to the
+#    set already there when it was made from the same model with the same settings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/featurevis}
@@ -13,6 +14,7 @@ mkdir -p "$OUT"
   --resume --out "$OUT"
 "$PYTHON" -m demo.featurevis_pack "$OUT" models/featurevis
 # 3. The README's figure: four conv5_3 units' pictures beside their projections on the CC0 cat, and the same units
-#    made again on cascading-randomized models (prints the objective each reaches).
+#    made again on cascading-randomized models; those four and conv5_3's first 32 channels measured on every model
+#    (the objective each picture reaches, the trained unit's objective on it, SSIM to the trained picture).
 "$PYTHON" -m demo.featurevis_figure examples/chelsea.png --steps 64 --size 96 --pictures "$OUT" \
-  --out docs/featurevis_chelsea.png
+  --score conv5_3/0-31 --out docs/featurevis_chelsea.png --csv docs/featurevis_randomized.csv

@@ -9,8 +9,11 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import make_image
+from PIL import Image
 
-from demo.analyses.featurevis import transforms
+from demo.analyses.featurevis import figure, transforms
+from demo.analyses.featurevis.config import FigureConfig
 from demo.analyses.featurevis.objective import CLASS, Target, parse_targets
 from demo.analyses.featurevis.optimize import Adam, Settings, load, row_streams, step, visualize
 from demo.analyses.featurevis.param import COLOR_MATRIX, MAGIC, FourierImage, init_spectrum
@@ -220,3 +223,32 @@ def test_unreadable_model(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.startswith("error: ")
 
+
+
+def test_figure_measures_every_unit_on_every_model(tiny_onnx, tmp_path):
+    make_image(size=(32, 32)).save(tmp_path / "cat.png")
+    config = FigureConfig(image=str(tmp_path / "cat.png"), out=str(tmp_path / "fig.png"), units="conv5_3/0,conv5_3/1",
+                          score="conv5_3/1-3", model=str(tiny_onnx), steps=3, size=32, device="cpu")
+    rows = figure.run(config)
+    models = ["trained", *(label for label, _ in figure.CASCADE)]
+    units = ["conv5_3/0", "conv5_3/1", "conv5_3/2", "conv5_3/3"]  # conv5_3/1 once although named twice
+    assert [(r["unit"], r["model"]) for r in rows] == [(u, m) for m in models for u in units]
+    for r in rows:
+        if r["model"] == "trained":
+            assert r["ssim"] == 1.0 and r["trained_objective"] == r["objective"]
+        else:  # another model's picture, judged by the trained unit and against the trained picture
+            assert r["ssim"] < 1.0
+    shown = Image.open(tmp_path / "fig.png")
+    assert shown.width > shown.height  # two rows drawn (the two --units), five columns
+    lines = (tmp_path / "fig.csv").read_text().splitlines()
+    assert lines[0] == "unit,model,objective,trained_objective,ssim" and len(lines) == 1 + 16
+    assert len(figure.summary(rows)) == 4
+
+
+@pytest.mark.parametrize("units, score, message", [("class/0", "", "channels"), ("conv5_3/0", "conv4_3/1", "one layer"),
+                                                   ("", "conv5_3/1", "no channel")])
+def test_figure_bad_units(tiny_onnx, tmp_path, units, score, message):
+    config = FigureConfig(image="unused.png", out=str(tmp_path / "fig.png"), units=units, score=score,
+                          model=str(tiny_onnx), steps=1, size=32, device="cpu")
+    with pytest.raises(ValueError, match=message):
+        figure.run(config)

@@ -174,6 +174,10 @@ def figure_main(argv: list[str] | None = None) -> int:
     p.add_argument("image", help="the image the projections are made on (e.g. examples/chelsea.png)")
     p.add_argument("--out", required=True, help="the PNG to write")
     p.add_argument("--units", default=FigureConfig.units, help="comma-separated channels (default: %(default)s)")
+    p.add_argument("--score", default="", metavar="UNITS",
+                   help="more channels of the same layer (e.g. conv5_3/0-31): measured on every model like --units, "
+                        "not drawn (default: none)")
+    p.add_argument("--csv", default=None, help="the measures' CSV (default: --out with .csv)")
     p.add_argument("--pictures", default=None, help="a python -m demo.featurevis folder of the trained model")
     p.add_argument("--steps", type=int, default=128, help="steps of the pictures made now (default: %(default)s)")
     p.add_argument("--size", type=int, default=96, help="their side in pixels (default: %(default)s)")

@@ -38,6 +38,8 @@ class FigureConfig:
     image: str  # the image the projections are made on
     out: str  # the PNG to write
     units: str = "conv5_3/7,conv5_3/85,conv5_3/276,conv5_3/441"  # comma-separated channels of one layer
+    score: str = ""  # more channels of that layer (e.g. conv5_3/0-31), measured on every model but not drawn
+    csv: str | None = None  # where the measures of every unit and model go (default: beside --out)
     pictures: str | None = None  # a python -m demo.featurevis folder of the trained model
     model: str | None = None  # .onnx file; default models/vgg16_cat12.onnx
     steps: int = 128  # Adam steps of the pictures made now
