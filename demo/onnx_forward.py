@@ -12,6 +12,7 @@ switches; with TF32 off they agree to about 1e-6. ``allow_tf32=True`` (``--tf32`
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import json
 import sys
@@ -306,6 +307,7 @@ class OnnxModel:
             raise ValueError(f"{self.path}: outputs {absent} missing; export the model with `python -m export`")
         self.providers: list[str] = self.session.get_providers()
         self._pruned: dict[tuple[str, ...], ort.InferenceSession] = {}  # session_for's sessions
+        self._graph_bytes: bytes | None = None  # the graph the session runs, when it is not the file's (with_graph)
         self._pruned_lock = threading.Lock()
 
     def _session(self, device: str, threads: int | None) -> ort.InferenceSession:
@@ -344,9 +346,23 @@ class OnnxModel:
             return self.session
         with self._pruned_lock:  # the app's requests share the model
             if outputs not in self._pruned:
-                proto = prune_graph(onnx.load(str(self.path)), outputs)
-                self._pruned[outputs] = self.new_session(proto.SerializeToString())
+                if self._graph_bytes is None:
+                    proto = onnx.load(str(self.path))
+                else:
+                    proto = onnx.load_from_string(self._graph_bytes)
+                self._pruned[outputs] = self.new_session(prune_graph(proto, outputs).SerializeToString())
             return self._pruned[outputs]
+
+    def with_graph(self, model: bytes) -> OnnxModel:
+        """A copy of this model that runs ``model`` (a serialised ModelProto of the same network, e.g. with other
+        weights) instead of the file: its own session (``new_session``) and its own pruned sessions. The metadata,
+        ``weights`` and ``head`` are this model's; a caller with other weights sets those too."""
+        clone = copy.copy(self)
+        clone.session = self.new_session(model)
+        clone._graph_bytes = model
+        clone._pruned = {}
+        clone._pruned_lock = threading.Lock()
+        return clone
 
     @property
     def provider(self) -> str:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates every figure and table in docs/ that shows the default model, from its training run and its file:
 #   bash docs/regenerate.sh                      # RUN=runs/cat12_v2, the data in ../shared/data/cat12
+#   FEATUREVIS=0 bash docs/regenerate.sh         # without step 7, the feature visualizations (hours)
 # The held-out accuracy (with and without flip TTA, per breed) goes to docs/heldout.txt for the model card.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -71,5 +72,8 @@ python -m demo.faithfulness docs/heldout_val.txt --root "$DATA" --limit "${METHO
 cp "$tmp/methods_sanity/summary.md" docs/methods_sanity.md
 cp "$tmp/methods_faithfulness/summary.md" docs/methods_faithfulness.md
 python docs/methods_table.py "$tmp/methods_sanity" "$tmp/methods_faithfulness" --merge docs
+# 7. The shipped feature visualizations (models/featurevis/), the README's feature-visualization figure and its
+#    measures on randomized models: no cat-12 needed, hours on 2 cores, resumable (docs/featurevis.sh).
+if [ "${FEATUREVIS:-1}" != 0 ]; then bash docs/featurevis.sh; fi
 chmod 644 docs/*.png docs/*.csv docs/*.txt
 echo "docs/ regenerated from $RUN and models/vgg16_cat12.onnx"

@@ -75,3 +75,17 @@ def test_predict_and_the_networks_probs_and_logits_use_the_pruned_graph(onnx_mod
     e = np.exp(z - z.max(axis=1, keepdims=True))
     np.testing.assert_allclose(e / e.sum(axis=1, keepdims=True), probs, rtol=1e-4, atol=1e-6)
     assert (spec.PROBS_NAME,) in onnx_model._pruned and ("conv5_3",) in onnx_model._pruned
+
+
+def test_a_randomized_copy_prunes_its_own_graph(onnx_model):
+    from demo.analyses.sanity.randomize import Randomizer, run_session
+
+    randomizer = Randomizer(onnx_model, seed=0)
+    clone = randomizer.model_for(("head", "conv5_3"))
+    x = _image(seed=2)
+    expected = run_session(randomizer.session(("head", "conv5_3")), x)[0]
+    np.testing.assert_allclose(clone.predict(x), expected, rtol=1e-5, atol=1e-7)  # the randomized weights
+    assert not np.allclose(clone.predict(x), onnx_model.predict(x), atol=1e-4)
+    assert clone.session_for([spec.PROBS_NAME]) is not onnx_model.session_for([spec.PROBS_NAME])
+    acts = clone.session_for(["conv5_3"]).run(None, {spec.INPUT_NAME: x})[0]
+    np.testing.assert_allclose(acts, clone.run(x)[1]["conv5_3"], rtol=1e-5, atol=1e-6)

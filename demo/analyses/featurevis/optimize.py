@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from base.spec import CONV_LAYERS
+from base.spec import CONV_LAYERS, INPUT_NAME, steps_down, switch_output
 from demo.analyses.featurevis import transforms
 from demo.analyses.featurevis.objective import CLASS, Target, diversity, objective
 from demo.analyses.featurevis.param import DECAY_POWER, SD, FourierImage, init_spectrum
@@ -101,21 +101,32 @@ class Visualizer:
         self.std = model.std.reshape(1, 3, 1, 1).astype(np.float32)
         self.timings = Timings()
 
+    def forward(self, start: str, x: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """The activations {conv: (B, C, h, w)} of conv ``start`` and every conv below it and the switches
+        {pool: (B, C, h/2, w/2)} of the pools below it, for the normalised input x (B, 3, H, W): all a step from
+        ``start`` reads, from a session of the graph pruned to them (the layers above are not computed)."""
+        steps = steps_down(start)
+        names = [*(s.name for s in steps), *(switch_output(s.pool) for s in steps if s.pool)]
+        values = self.model.session_for(names).run(None, {INPUT_NAME: np.ascontiguousarray(x, np.float32)})
+        out = dict(zip(names, values, strict=True))
+        return ({s.name: out[s.name] for s in steps}, {s.pool: out[switch_output(s.pool)] for s in steps if s.pool})
+
     def evaluate(self, targets: Sequence[Target], rgb: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Objective values (B,) of RGB images (B, 3, P, P) in [0, 1], untransformed, and the activations."""
+        """Objective values (B,) of RGB images (B, 3, P, P) in [0, 1], untransformed, and the activations up to the
+        targets' start layer."""
         x = (rgb - self.mean) / self.std
-        _, acts, _ = self.model.run(x)
+        acts, _ = self.forward(targets[0].start, x)
         return objective(targets, x, acts, self.model.weights, self.biases, self.head)[0], acts
 
     def gradient(self, targets: Sequence[Target], x: np.ndarray, groups: Sequence[Sequence[int]] = (),
                  diversity_weight: float = 0.0) -> tuple[np.ndarray, float, np.ndarray]:
         """Objective values (B,), the diversity term, and d (sum of values - weight * diversity) / d x (B, 3, H, W),
         x the normalised network input (B, 3, H, W) float32."""
+        start = targets[0].start
         t0 = time.perf_counter()
-        _, acts, switches = self.model.run(x)
+        acts, switches = self.forward(start, x)
         t1 = time.perf_counter()
         values, signal = objective(targets, x, acts, self.model.weights, self.biases, self.head)
-        start = targets[0].start
         div = 0.0
         if diversity_weight and any(len(g) > 1 for g in groups):
             div, d_div = diversity(acts[start], groups)

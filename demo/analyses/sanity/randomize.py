@@ -10,7 +10,6 @@ sees them (``SessionOptions.add_initializer`` overrides are ignored by the CUDA 
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -398,12 +397,15 @@ class Randomizer:
     def session(self, randomized: Sequence[str]) -> ort.InferenceSession:
         """An onnxruntime session of the model with the layers in ``randomized`` re-drawn: the serialised graph
         with the replaced initializers (``SerialisedGraph``), loaded on the model's providers and options."""
+        return self.model.new_session(self.graph(randomized))
+
+    def graph(self, randomized: Sequence[str]) -> bytes:
+        """The serialised graph of the model with the layers in ``randomized`` re-drawn (``SerialisedGraph``)."""
         overrides = self.overrides(randomized)
         for name, value in overrides.items():
             if name not in self._tensors:  # each drawn tensor serialised once, then joined in every step
                 self._tensors[name] = SerialisedGraph.tensor_bytes(name, value)
-        drawn = {name: self._tensors[name] for name in overrides}
-        return self.model.new_session(self.serialised.bytes_with(drawn))
+        return self.serialised.bytes_with({name: self._tensors[name] for name in overrides})
 
     def trained_bias(self, layer: str) -> np.ndarray:
         """The trained bias (C_out,) float32 of conv ``layer`` as its Conv node adds it (zeros when it has none)."""
@@ -424,8 +426,7 @@ class Randomizer:
 
     def model_for(self, randomized: Sequence[str]) -> OnnxModel:
         """A copy of the model with the layers in ``randomized`` re-drawn: its session, ``weights`` and ``head``."""
-        clone = copy.copy(self.model)
-        clone.session = self.session(randomized)
+        clone = self.model.with_graph(self.graph(randomized))  # its session and its pruned sessions: randomized
         clone.weights = self.weights(randomized)
         clone._head = self.head(randomized)
         return clone
