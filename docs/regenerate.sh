@@ -71,6 +71,7 @@ python -m demo.faithfulness docs/heldout_val.txt --root "$DATA" --limit "${METHO
   --out "$tmp/methods_faithfulness"
 cp "$tmp/methods_sanity/summary.md" docs/methods_sanity.md
 cp "$tmp/methods_faithfulness/summary.md" docs/methods_faithfulness.md
+cp "$tmp/methods_faithfulness/faithfulness.csv" docs/methods_faithfulness.csv
 python docs/methods_table.py "$tmp/methods_sanity" "$tmp/methods_faithfulness" --merge docs
 # 7. The shipped feature visualizations (models/featurevis/), the README's feature-visualization figure and its
 #    measures on randomized models: no cat-12 needed, hours on 2 cores, resumable (docs/featurevis.sh).
