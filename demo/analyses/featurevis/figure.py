@@ -21,11 +21,13 @@ seeded noise and sees the same seeded transformations, so the SSIM compares like
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from skimage.metrics import structural_similarity
+from tqdm import tqdm
 
 from base.cli import atomic_write
 from base.display import reconstruction_image
@@ -57,12 +59,19 @@ def _channels(text: str, names: list[str]) -> list[Target]:
     return targets
 
 
-def _trained_pictures(trained, targets: list[Target], pictures: str | None, settings: Settings) -> list[np.ndarray]:
-    """The trained model's picture (P, P, 3) uint8 of each target: read from ``pictures`` when there, else made."""
-    missing = [i for i, t in enumerate(targets) if pictures is None or not
-               (Path(pictures) / t.layer / f"{t.stem}.png").is_file()]
-    made = {i: r for i, r in zip(missing, visualize(trained, [targets[i] for i in missing], settings), strict=True)} \
-        if missing else {}
+def _missing(targets: list[Target], pictures: str | None) -> list[int]:
+    """The indices of the targets with no picture in the ``pictures`` folder."""
+    return [i for i, t in enumerate(targets)
+            if pictures is None or not (Path(pictures) / t.layer / f"{t.stem}.png").is_file()]
+
+
+def _trained_pictures(trained, targets: list[Target], pictures: str | None, settings: Settings,
+                      progress: Callable[[int], object] | None = None) -> list[np.ndarray]:
+    """The trained model's picture (P, P, 3) uint8 of each target: read from ``pictures`` when there, else made
+    (``progress(1)`` after each optimisation step)."""
+    missing = _missing(targets, pictures)
+    made = {i: r for i, r in zip(missing, visualize(trained, [targets[i] for i in missing], settings, progress),
+                                 strict=True)} if missing else {}
     out = []
     for i, t in enumerate(targets):
         if i in made:
@@ -115,7 +124,9 @@ def run(config: FigureConfig) -> list[dict]:
         raise ValueError("--units and --score must all lie in one layer")
     settings = Settings(steps=config.steps, size=config.size)
     settings.check()
-    pictures = _trained_pictures(trained, targets, config.pictures, settings)
+    runs = len(CASCADE) + bool(_missing(targets, config.pictures))
+    bar = tqdm(total=runs * settings.steps, unit="step", desc=f"featurevis figure ({len(targets)} units)")
+    pictures = _trained_pictures(trained, targets, config.pictures, settings, bar.update)
     rows: list[list[np.ndarray]] = [[p] for p in pictures[:shown]]
     values: list[list[float]] = [[_objective(trained, t, p)] for t, p in zip(targets, pictures, strict=True)]
     measures = [{"unit": t.text, "model": "trained", "objective": v[0], "trained_objective": v[0], "ssim": 1.0}
@@ -129,7 +140,8 @@ def run(config: FigureConfig) -> list[dict]:
         rows[i].append(reconstruction_image(projection)[0])
     for label, layers in CASCADE:
         random = load(config.model, config.device, randomize=layers, tf32=config.tf32)
-        for i, (t, r) in enumerate(zip(targets, visualize(random, targets, settings), strict=True)):
+        bar.set_postfix_str(label)
+        for i, (t, r) in enumerate(zip(targets, visualize(random, targets, settings, bar.update), strict=True)):
             picture = to_uint8(r.images[0])
             if i < shown:
                 rows[i].append(picture)
@@ -138,6 +150,7 @@ def run(config: FigureConfig) -> list[dict]:
                              "trained_objective": _objective(trained, t, picture),
                              "ssim": float(structural_similarity(pictures[i], picture, channel_axis=2,
                                                                  data_range=255))})
+    bar.close()
     side = 2 * max(p.shape[0] for row in rows for p in row)  # every tile enlarged to about this side
     tiles, captions = [], []
     heads = ["feature visualization", "projection", *(label for label, _ in CASCADE)]
