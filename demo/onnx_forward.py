@@ -94,10 +94,17 @@ def provider_label(provider: str, options: dict[str, str] | None = None) -> str:
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
     """The onnxruntime options every session of the project uses: ``threads`` intra-op threads (None: every core
-    this process may use), one inter-op thread, all graph optimisations, errors-only logging."""
+    this process may use) that sleep rather than spin when idle, one inter-op thread, all graph optimisations,
+    errors-only logging.
+
+    Spinning is off because a run is seldom alone here: each session (the full graph, its pruned copies) has its
+    own thread pool, and the NumPy backward stage runs between forwards; threads that spin after their run take
+    the cores from the next session or from NumPy. Measured on 2 cores, alternating two sessions: a one-image
+    forward at 112 px took 0.027 s with spinning off against 0.045-0.050 s with it on."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or cpu_threads()
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only
     return options

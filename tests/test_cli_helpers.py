@@ -103,6 +103,7 @@ def test_threads_and_session_options(monkeypatch):
 
     options = session_options(2)
     assert options.intra_op_num_threads == 2 and options.inter_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"  # idle threads sleep
     assert session_options().intra_op_num_threads == cli.cpu_threads()
 
 

@@ -315,6 +315,11 @@ def occluded_probs(network: Network, image: np.ndarray, size: int, stride: int,
     return base, grid
 
 
+def forget_occlusion() -> None:
+    """Drop the kept occlusion probabilities (``occluded_probs``): the next occlusion map does its pass again."""
+    _OCCLUDED.clear()
+
+
 def occlusion(network: Network, image: np.ndarray, classes: np.ndarray, size: int | None = None,
               stride: int | None = None, batch_size: int = 16) -> np.ndarray:
     """The drop of p(class) when a grey square (the mean colour) covers each grid cell: (N, H, W) float32
