@@ -7,7 +7,7 @@ import pytest
 from conftest import make_image
 from PIL import Image
 
-from demo.analyses.evidence.view import NOT_MEASURED, sanity_result
+from demo.analyses.evidence.view import NOT_MEASURED, faithfulness_result, sanity_result
 from demo.app.inputs import InputError
 from demo.app.pipeline import Pipeline, PipelineConfig
 from demo.app.tabs_evidence import PREDICTED, evidence_for
@@ -28,15 +28,38 @@ def cat_png(tmp_path):
 
 
 def test_evidence_shows_the_map_the_curves_and_the_sanity_verdict(pipeline, cat_png, tmp_path):
-    png, summary = evidence_for(pipeline, str(cat_png), PREDICTED, "gradcam", sanity_csv=tmp_path / "none.csv")
+    png, summary = evidence_for(pipeline, str(cat_png), PREDICTED, "gradcam", sanity_csv=tmp_path / "none.csv",
+                                faithfulness_csv=tmp_path / "none.csv", measured_model=None)
     assert np.asarray(Image.open(png)).ndim == 3
     assert "Deletion AUC" in summary and "insertion AUC" in summary and f"gradcam: {NOT_MEASURED}" in summary
     name = pipeline.model.class_names[3]
     table = tmp_path / "sanity.csv"
     table.write_text("method,check,spearman_abs\ngradcam,head random,0.12\nguided,head random,0.95\n")
-    _, summary = evidence_for(pipeline, str(cat_png), name, "gradcam", sanity_csv=table)
+    scores = tmp_path / "faithfulness.csv"
+    scores.write_text(FAITHFULNESS_HEADER + "a.jpg,x,gradcam,0.1,0.7,0,0,0\na.jpg,x,random,0.2,0.3,0,0,0\n")
+    _, summary = evidence_for(pipeline, str(cat_png), name, "gradcam", sanity_csv=table, faithfulness_csv=scores,
+                              measured_model=pipeline.model.path)
     assert f"for **{name}**" in summary and "check head random, spearman_abs 0.12" in summary
-    assert "0.95" not in summary
+    assert "0.95" not in summary and "deletion AUC 0.100 +- 0.000" in summary
+    # results measured on another model file are not quoted for this one
+    _, summary = evidence_for(pipeline, str(cat_png), name, "gradcam", sanity_csv=table, faithfulness_csv=scores,
+                              measured_model=tmp_path / "other.onnx")
+    assert "0.12" not in summary and "0.100" not in summary and summary.count(NOT_MEASURED) == 2
+
+
+FAITHFULNESS_HEADER = "image,class,method,deletion_auc,insertion_auc,road_morf,road_lerf,seconds\n"
+
+
+def test_faithfulness_result_pairs_each_image_with_the_random_map(tmp_path):
+    table = tmp_path / "f.csv"
+    table.write_text(FAITHFULNESS_HEADER + "a,x,ig,0.1,0.2,0,0,0\na,x,random,0.3,0.4,0,0,0\n"
+                     "b,x,ig,0.5,0.9,0,0,0\nb,x,random,0.3,0.4,0,0,0\n")
+    # deletion: 0.1 < 0.3 on a, 0.5 > 0.3 on b -> 1 of 2; insertion: 0.2 < 0.4 on a, 0.9 > 0.4 on b -> 1 of 2
+    assert faithfulness_result("ig", table) == ("over 2 images, deletion AUC 0.300 +- 0.200, insertion AUC "
+                                                "0.550 +- 0.350; beats the random map on 1 (deletion) and 1 "
+                                                "(insertion) of 2")
+    assert faithfulness_result("gradcam", table) == NOT_MEASURED
+    assert faithfulness_result("ig", tmp_path / "missing.csv") == NOT_MEASURED
 
 
 def test_sanity_result_reads_rule_columns_too(tmp_path):

@@ -17,6 +17,7 @@ from demo.analyses.figures import class_name, figure_to_array, new_figure
 from demo.preprocess import deprocess
 
 SANITY_RESULTS = REPO_ROOT / "docs" / "sanity_summary.csv"  # the sanity checks' summary over many images, if measured
+FAITHFULNESS_RESULTS = REPO_ROOT / "docs" / "methods_faithfulness.csv"  # demo.faithfulness's rows over many images
 NOT_MEASURED = "not measured"
 SHOWN_STEPS = ("head", "head+conv5_3", "head+conv5_3+conv5_2+conv5_1")  # the cascading steps quoted, when measured
 
@@ -52,6 +53,30 @@ def sanity_result(method: str, path: str | Path | None = SANITY_RESULTS) -> str:
     return text or NOT_MEASURED
 
 
+def faithfulness_result(method: str, path: str | Path | None = FAITHFULNESS_RESULTS) -> str:
+    """What a ``faithfulness.csv`` of ``python -m demo.faithfulness`` over many images (one row per image and method)
+    says about ``method``, one line, or ``NOT_MEASURED``: the mean +- sd of its deletion and insertion AUCs, and on
+    how many of the images it beat the random map (a lower deletion, a higher insertion AUC on the same image)."""
+    if path is None or not Path(path).is_file():
+        return NOT_MEASURED
+    mine = {r["image"]: r for r in _rows(Path(path), method)}
+    if not mine:
+        return NOT_MEASURED
+    random = {r["image"]: r for r in _rows(Path(path), "random")}
+
+    def stats(key: str) -> str:
+        v = np.array([float(r[key]) for r in mine.values()])
+        return f"{np.nanmean(v):.3f} +- {np.nanstd(v):.3f}"
+
+    text = f"over {len(mine)} images, deletion AUC {stats('deletion_auc')}, insertion AUC {stats('insertion_auc')}"
+    paired = [i for i in mine if i in random] if method != "random" else []
+    if paired:
+        dele = sum(float(mine[i]["deletion_auc"]) < float(random[i]["deletion_auc"]) for i in paired)
+        ins = sum(float(mine[i]["insertion_auc"]) > float(random[i]["insertion_auc"]) for i in paired)
+        text += f"; beats the random map on {dele} (deletion) and {ins} (insertion) of {len(paired)}"
+    return text
+
+
 def _rows(path: Path, method: str) -> list[dict]:
     if not path.is_file():
         return []
@@ -81,10 +106,12 @@ def evidence_figure(picture: np.ndarray, saliency: np.ndarray, scores: Scores, t
 
 def evidence_view(model, image: np.ndarray, class_index: int, method: str, class_names: Sequence[str] | None = None,
                   steps: int = 32, sanity_csv: str | Path | None = SANITY_RESULTS,
-                  mean=None, std=None) -> tuple[np.ndarray, str, Scores]:
+                  mean=None, std=None,
+                  faithfulness_csv: str | Path | None = FAITHFULNESS_RESULTS) -> tuple[np.ndarray, str, Scores]:
     """The map of ``method`` for class ``class_index`` of ``image`` (1, 3, H, W) normalised, scored by deletion and
     insertion in ``steps`` steps: the figure (h, w, 3) uint8, a Markdown summary and the scores. ``model``: an
-    ``OnnxModel`` or a ``Network``; ``mean``/``std``: the normalisation (default: the network's)."""
+    ``OnnxModel`` or a ``Network``; ``mean``/``std``: the normalisation (default: the network's). The summary
+    quotes the many-image results in ``sanity_csv`` and ``faithfulness_csv`` (None: "not measured")."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
     network = as_network(model)
@@ -102,5 +129,6 @@ def evidence_view(model, image: np.ndarray, class_index: int, method: str, class
     if "completeness" in info:
         lines.append(f"Integrated Gradients' completeness error: {float(info['completeness'][0]):.3g} (sum of the "
                      "attributions minus the logit gap to the baseline).")
+    lines.append(f"Faithfulness of {method} on held-out images: {faithfulness_result(method, faithfulness_csv)}.")
     lines.append(f"Sanity checks for {method}: {sanity_result(method, sanity_csv)}.")
     return figure, "  \n".join(lines), scores
