@@ -22,6 +22,7 @@ import numpy as np
 
 from base.spec import ConvStep, Rule, layer_rules, steps_down
 from demo.backward.kernels import Box, DeconvWeight, Place, _deconv_rows, _runs, switch_codes
+from demo.backward.threads import each, our_threads
 
 BATCH_BYTES = 4 << 20  # rows go through a layer together while their inputs and outputs fit this
 
@@ -51,9 +52,19 @@ def _net(wmats: Mapping[str, DeconvWeight], switches: Mapping[str, np.ndarray], 
     if missing:
         raise ValueError(f"the rules {sorted({rules[n] for n in missing})} need the forward activations of "
                          f"{', '.join(missing)} (pass activations=)")
-    acts = {name: _derived("channels last", activations[name], _channels_last) for name in masked}
     pools = [step.pool for step in steps if step.pool is not None]
-    codes = {pool: _derived("switch codes", switches[pool], switch_codes) for pool in pools}
+    items = [("channels last", name, activations[name], _channels_last) for name in masked] + \
+        [("switch codes", pool, switches[pool], switch_codes) for pool in pools]  # bottom up: the largest first
+    made: dict[tuple[str, str], np.ndarray] = {}
+
+    def make(i: int) -> None:
+        kind, name, array, fn = items[i]
+        made[kind, name] = _derived(kind, array, fn)
+
+    with our_threads():  # one copy per item, the items on the kernels' threads
+        each(make, len(items))
+    acts = {name: made["channels last", name] for name in masked}
+    codes = {pool: made["switch codes", pool] for pool in pools}
     return _Net(wmats, codes, rules, acts)
 
 
