@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     p = argparse.ArgumentParser(prog="python bench/attribution.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in fields(BenchConfig):
-        kind = str if f.name in ("model", "image", "methods", "sizes") else float if f.name == "min_seconds" else int
+        kind = str if f.default is None else type(f.default)
         p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default)
     args = p.parse_args(argv)
     return BenchConfig(**{f.name: getattr(args, f.name) for f in fields(BenchConfig)})

@@ -53,18 +53,18 @@ def _net(wmats: Mapping[str, DeconvWeight], switches: Mapping[str, np.ndarray], 
         raise ValueError(f"the rules {sorted({rules[n] for n in missing})} need the forward activations of "
                          f"{', '.join(missing)} (pass activations=)")
     pools = [step.pool for step in steps if step.pool is not None]
-    items = [("channels last", name, activations[name], _channels_last) for name in masked] + \
-        [("switch codes", pool, switches[pool], switch_codes) for pool in pools]  # bottom up: the largest first
-    made: dict[tuple[str, str], np.ndarray] = {}
+    items = [("channels last", activations[name], _channels_last) for name in masked] + \
+        [("switch codes", switches[pool], switch_codes) for pool in pools]  # bottom up: the largest first
+    made: list = [None] * len(items)  # made[i]: item i derived
 
     def make(i: int) -> None:
-        kind, name, array, fn = items[i]
-        made[kind, name] = _derived(kind, array, fn)
+        kind, array, fn = items[i]
+        made[i] = _derived(kind, array, fn)
 
     with our_threads():  # one copy per item, the items on the kernels' threads
         each(make, len(items))
-    acts = {name: made["channels last", name] for name in masked}
-    codes = {pool: made["switch codes", pool] for pool in pools}
+    acts = dict(zip(masked, made[: len(masked)], strict=True))
+    codes = dict(zip(pools, made[len(masked) :], strict=True))
     return _Net(wmats, codes, rules, acts)
 
 

@@ -59,10 +59,12 @@ def faithfulness_result(method: str, path: str | Path | None = FAITHFULNESS_RESU
     how many of the images it beat the random map (a lower deletion, a higher insertion AUC on the same image)."""
     if path is None or not Path(path).is_file():
         return NOT_MEASURED
-    mine = {r["image"]: r for r in _rows(Path(path), method)}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    mine = {r["image"]: r for r in rows if r.get("method") == method}
     if not mine:
         return NOT_MEASURED
-    random = {r["image"]: r for r in _rows(Path(path), "random")}
+    random = {r["image"]: r for r in rows if r.get("method") == "random"}
 
     def stats(key: str) -> str:
         v = np.array([float(r[key]) for r in mine.values()])

@@ -65,11 +65,10 @@ def _missing(targets: list[Target], pictures: str | None) -> list[int]:
             if pictures is None or not (Path(pictures) / t.layer / f"{t.stem}.png").is_file()]
 
 
-def _trained_pictures(trained, targets: list[Target], pictures: str | None, settings: Settings,
+def _trained_pictures(trained, targets: list[Target], pictures: str | None, missing: list[int], settings: Settings,
                       progress: Callable[[int], object] | None = None) -> list[np.ndarray]:
-    """The trained model's picture (P, P, 3) uint8 of each target: read from ``pictures`` when there, else made
-    (``progress(1)`` after each optimisation step)."""
-    missing = _missing(targets, pictures)
+    """The trained model's picture (P, P, 3) uint8 of each target: read from ``pictures``, made for the targets
+    ``missing`` there (``_missing``; ``progress(1)`` after each optimisation step)."""
     made = {i: r for i, r in zip(missing, visualize(trained, [targets[i] for i in missing], settings, progress),
                                  strict=True)} if missing else {}
     out = []
@@ -124,9 +123,10 @@ def run(config: FigureConfig) -> list[dict]:
         raise ValueError("--units and --score must all lie in one layer")
     settings = Settings(steps=config.steps, size=config.size)
     settings.check()
-    runs = len(CASCADE) + bool(_missing(targets, config.pictures))
+    missing = _missing(targets, config.pictures)
+    runs = len(CASCADE) + bool(missing)
     bar = tqdm(total=runs * settings.steps, unit="step", desc=f"featurevis figure ({len(targets)} units)")
-    pictures = _trained_pictures(trained, targets, config.pictures, settings, bar.update)
+    pictures = _trained_pictures(trained, targets, config.pictures, missing, settings, bar.update)
     rows: list[list[np.ndarray]] = [[p] for p in pictures[:shown]]
     values: list[list[float]] = [[_objective(trained, t, p)] for t, p in zip(targets, pictures, strict=True)]
     measures = [{"unit": t.text, "model": "trained", "objective": v[0], "trained_objective": v[0], "ssim": 1.0}
