@@ -17,9 +17,10 @@ grid cell: 8 x 8 squares and the image for ours, 7 x 7 for Captum, so ours does 
 
 Printed per method: the best time per image, ours and Captum's, run in alternation at least ``--repeats`` times
 each and until each side has run ``--min-seconds`` in all (so that a 0.1 s method gets about 20 runs), the ratio
-(ours / Captum; below 1: ours is faster) and the runs made. Then deletion, insertion and ROAD for one image and
-one map (Grad-CAM), ``--steps`` steps. The load average is printed before and after: on a shared CPU the ratios,
-measured side by side, mean more than the times.
+(ours / Captum; below 1: ours is faster) and the runs made. Then one image's gradient through the fused graph
+(``demo.backward.fused``) against the forward run and the NumPy stage, side by side; deletion, insertion and ROAD
+for one image and one map (Grad-CAM), ``--steps`` steps. The load average is printed before and after: on a shared
+CPU the ratios, measured side by side, mean more than the times.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -181,6 +182,13 @@ def compare(config: BenchConfig, model, network, twin, layer, size: int) -> None
 
         ours_s, theirs_s, runs = side_by_side(ours, theirs[method], config.repeats, config.min_seconds)
         print(f"{method:18s} {ours_s:8.3f} {theirs_s:9.3f} {ours_s / theirs_s:12.2f} {runs:6d}", flush=True)
+    if network.fused is not None:  # the same gradient through the NumPy stage, side by side
+        numpy_stage = replace(network, fused=None)
+        fused_s, numpy_s, runs = side_by_side(lambda: attribute("gradient", network, x, cls),
+                                              lambda: attribute("gradient", numpy_stage, x, cls), config.repeats,
+                                              config.min_seconds)
+        print(f"\ngradient, one image, {size} px: fused graph {fused_s:.3f} s, forward + NumPy stage {numpy_s:.3f} s: "
+              f"{fused_s / numpy_s:.2f}x ({runs} runs each)")
     saliency = attribute("gradcam", network, x, cls)[0]
     for road in (False, True):
         seconds = best(lambda r=road: faithfulness(network, x, saliency, cls, config.steps, road=r), config.repeats)

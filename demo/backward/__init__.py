@@ -12,6 +12,8 @@ The public surface is what this module exports; the rest are private parts:
   (F(4x4, 3x3), F(2x2, 3x3)), ``direct`` (im2col, col2im) and ``threads`` (our threads, BLAS on one);
 - ``onnx_graph``: the same descent as ONNX graphs that onnxruntime runs on the forward model's own provider
   (``OnnxDeconvnet``, the CUDA path; import it from ``demo.backward.onnx_graph``).
+- ``fused``: a class logit's backward pass appended to the model's own graph, so that a class projection is one
+  onnxruntime run (``FusedClassProjection``, the evidence methods' path; import it from ``demo.backward.fused``).
 """
 
 from demo.backward.deconvnet import MODES, Deconvnet, Projection, project_down, strongest, top_channels

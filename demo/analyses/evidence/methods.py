@@ -3,7 +3,10 @@
 Every method reads the same three things (``Network``): an onnxruntime session of the exported graph
 (probabilities, conv activations, pool switches), the NumPy deconvnet on the same conv weights
 (``demo.backward.deconvnet``) and the class-score head (``demo.backward.head``). No autograd: gradients are the
-"gradient" rule of the backward stage (d logit / d input), so every method runs from an .onnx file alone.
+"gradient" rule of the backward stage (d logit / d input), so every method runs from an .onnx file alone. A
+network made from a model (``Network.from_model``) projects class logits in one onnxruntime run instead, the
+backward pass appended to the model's graph (``demo.backward.fused``; the same projections, 1.2-1.4x faster for
+one image on the CPU, and on the model's own provider, the GPU included); the NumPy stage serves the rest.
 
 - ``gradcam``: Grad-CAM (Selvaraju et al. 2017, arXiv 1610.02391) at any conv layer: channel weights = spatial
   mean of d logit / d a_layer (a the post-ReLU activation), ReLU of the weighted sum of the maps, upsampled
@@ -53,6 +56,7 @@ from base.spec import (
 )
 from demo.analyses.occlusion import occlude, square_positions
 from demo.backward import Deconvnet, Head, head_backward, head_forward
+from demo.backward.fused import FusedClassProjection
 
 METHODS = ("gradcam", "guided-gradcam", "gradient", "gradient-x-input", "smoothgrad", "ig", "deconvnet", "guided",
            "occlusion", "random", "edges")
@@ -76,6 +80,7 @@ class Network:
     mean: np.ndarray = field(default_factory=lambda: np.asarray(MEAN, np.float32))
     std: np.ndarray = field(default_factory=lambda: np.asarray(STD, np.float32))
     session_for: Callable[[Sequence[str]], ort.InferenceSession] | None = None  # OnnxModel.session_for
+    fused: FusedClassProjection | None = None  # class projections in one run (``demo.backward.fused``), if any
 
     @classmethod
     def from_model(cls, model) -> Network:
@@ -83,7 +88,8 @@ class Network:
         cached = _NETWORKS.get(model)
         if cached is None:
             cached = cls(model.session, Deconvnet(model.weights), model.head, np.asarray(model.mean, np.float32),
-                         np.asarray(model.std, np.float32), getattr(model, "session_for", None))
+                         np.asarray(model.std, np.float32), getattr(model, "session_for", None),
+                         FusedClassProjection.for_model(model))
             _NETWORKS[model] = cached
         return cached
 
@@ -130,10 +136,18 @@ def _classes(class_index, N: int, K: int) -> np.ndarray:
 def class_projection(network: Network, image: np.ndarray, classes: np.ndarray, rule: str = "gradient",
                      batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """Projections (B, 3, H, W) float32 of the logit of ``classes[b]`` (B,) for ``image`` (B, 3, H, W) under ``rule``,
-    and the logits (B,); ``batch_size`` rows per forward and backward pass. With "gradient": d logit / d input."""
+    and the logits (B,); ``batch_size`` rows per forward and backward pass. With "gradient": d logit / d input.
+    One onnxruntime run per batch when the network has the fused graph (``Network.fused``) and ``rule`` is one
+    rule for every ReLU, else the forward run and the NumPy stage."""
     B = image.shape[0]
     images, logits = [], []
+    fused = network.fused if isinstance(rule, str) else None
     for a in range(0, B, batch_size):
+        if fused is not None:
+            x, z = fused.project_class(image[a : a + batch_size], classes[a : a + batch_size], rule)
+            images.append(x)
+            logits.append(z)
+            continue
         _, acts, switches = network.forward(image[a : a + batch_size])
         x, z = network.net.project_class(acts, switches, classes[a : a + batch_size], rule=rule, head=network.head)
         images.append(x)
