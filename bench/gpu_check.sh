@@ -4,8 +4,9 @@
 #   1. the GPU and onnxruntime's providers,
 #   2. the NumPy stage's thread scaling: bench/deconv.py --threads 1,2,4,8,16,
 #   3. bench/gpu_split.py at 112 and 224 px: forward and backward split (NumPy, and the ONNX descent graphs on
-#      the GPU), the 13-layer view served, GPU-vs-CPU differences (activations, switches, one projection per
-#      rule), and the sanity checks' cost on CUDA,
+#      the GPU; a class gradient through the fused graph), the 13-layer view served, GPU-vs-CPU differences
+#      (activations, switches, one projection and one fused class projection per rule), and the sanity checks'
+#      cost on CUDA,
 #   4. `python app.py --device cuda` started, and its provider line asserted (CUDA, TF32 off, ONNX backward),
 #   5. when gradio_client is installed: the app's end-to-end latency (bench/app_latency.py) at 224 px.
 #

@@ -10,6 +10,8 @@ one image (``--image``), median of ``--repeats`` runs after one untimed run, in 
 - backward, one descent from conv5_3 (mode "layer", deconvnet rule) and the 13-layer view (13 descents, one per
   conv layer): the NumPy stage (``demo.backward.deconvnet``, on the CPU whatever the device) and the ONNX descent graphs
   (``demo.backward.onnx_graph``, on the device's provider);
+- a class logit's gradient (the evidence methods' class projection): forward + head + NumPy stage, and the fused
+  graph (``demo.backward.fused``, one run on the device's provider);
 - the 13-layer view served: forward + 13 ONNX descents + display normalisation and PNG encoding (zlib level 1, as
   the app), the server-side cost of the app's "all layers" view;
 - against the CPU provider (the same model and image in a second session on the CPU): the activations' relative
@@ -117,6 +119,7 @@ def measure(config: SplitConfig, model, cpu, numpy_net, onnx_net, x) -> None:
     from demo.analyses.sanity.measure import cascading_steps, sanity_checks
     from demo.analyses.sanity.randomize import Randomizer, run_session
     from demo.backward.deconvnet import Deconvnet
+    from demo.backward.fused import FusedClassProjection
 
     size = x.shape[-1]
     probs, acts, switches = model.run(x)
@@ -132,6 +135,16 @@ def measure(config: SplitConfig, model, cpu, numpy_net, onnx_net, x) -> None:
         view = median_ms(lambda net=net: [net.project(acts, switches, n, "layer") for n in CONV_LAYERS],
                          max(1, config.repeats // 2))
         print(f"  backward {name:<14} one descent from conv5_3 {one:8.1f} ms; 13-layer view {view:8.1f} ms")
+
+    fused = FusedClassProjection.for_model(model)
+    if fused is not None:  # a class logit's gradient: forward + head + NumPy descent, against the fused graph
+        cls = int(probs[0].argmax())
+        for rule in RULES:
+            fused.project_class(x, [cls], rule)  # sessions built before timing
+        split = median_ms(lambda: numpy_net.project_class(*model.run(x)[1:], cls, "gradient"), config.repeats)
+        one_run = median_ms(lambda: fused.project_class(x, [cls], "gradient"), config.repeats)
+        print(f"  class gradient: forward + NumPy stage {split:8.1f} ms; fused graph ({model.device}) "
+              f"{one_run:8.1f} ms")
 
     def served() -> None:
         _, a, s = model.run(x)
@@ -151,6 +164,12 @@ def measure(config: SplitConfig, model, cpu, numpy_net, onnx_net, x) -> None:
         want = Deconvnet.from_model(cpu).project(cpu_acts, cpu_switches, "conv5_3", "layer", rule=rule).images
         err = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
         print(f"    conv5_3 projection, {rule:<9}: {err:.1e} (device forward + ONNX descent vs CPU + NumPy)")
+    if fused is not None:
+        for rule in RULES:
+            got = fused.project_class(x, [cls], rule)[0]
+            want = Deconvnet.from_model(cpu).project_class(cpu_acts, cpu_switches, cls, rule)[0]
+            err = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
+            print(f"    class projection, {rule:<9}: {err:.1e} (device fused graph vs CPU + NumPy)")
 
     if config.sanity:
         rand = Randomizer(model)
