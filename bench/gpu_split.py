@@ -159,15 +159,16 @@ def measure(config: SplitConfig, model, cpu, numpy_net, onnx_net, x) -> None:
               for n in CONV_LAYERS)
     print(f"  vs the CPU provider: activations {rel:.1e} relative L2 (worst layer), switches flipped "
           f"{100 * flipped_share(switches, cpu_switches, cpu_acts):.4f}%")
+    cpu_net = Deconvnet.from_model(cpu)
     for rule in RULES:
         got = onnx_net.project(acts, switches, "conv5_3", "layer", rule=rule).images
-        want = Deconvnet.from_model(cpu).project(cpu_acts, cpu_switches, "conv5_3", "layer", rule=rule).images
+        want = cpu_net.project(cpu_acts, cpu_switches, "conv5_3", "layer", rule=rule).images
         err = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
         print(f"    conv5_3 projection, {rule:<9}: {err:.1e} (device forward + ONNX descent vs CPU + NumPy)")
     if fused is not None:
         for rule in RULES:
             got = fused.project_class(x, [cls], rule)[0]
-            want = Deconvnet.from_model(cpu).project_class(cpu_acts, cpu_switches, cls, rule)[0]
+            want = cpu_net.project_class(cpu_acts, cpu_switches, cls, rule)[0]
             err = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
             print(f"    class projection, {rule:<9}: {err:.1e} (device fused graph vs CPU + NumPy)")
 

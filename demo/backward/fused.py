@@ -76,15 +76,16 @@ def _head_nodes(head: Head, feature: str) -> tuple[list[onnx.NodeProto], list[on
     return nodes, inits, f"{p}/out"
 
 
-def _rule_nodes(x: str, activation: str, rule: str, layer: str) -> tuple[list[onnx.NodeProto], str]:
-    """``rule`` at ``layer``'s ReLU on the signal ``x``, with its post-ReLU ``activation``; returns nodes, output."""
+def _rule_nodes(x: str, layer: str, rule: str) -> tuple[list[onnx.NodeProto], str]:
+    """``rule`` at conv ``layer``'s ReLU on the signal ``x``, with its post-ReLU activation (the graph's tensor
+    named ``layer``); returns nodes, output."""
     p = f"{PREFIX}/{layer}/rule"
     nodes = []
     if rule in ("deconvnet", "guided"):
         nodes.append(helper.make_node("Relu", [x], [f"{p}/relu"]))
         x = f"{p}/relu"
     if rule in ("guided", "gradient"):  # times the 0/1 mask of a > 0 (2x faster than Sign or Where in onnxruntime)
-        nodes += [helper.make_node("Greater", [activation, f"{PREFIX}/zero"], [f"{p}/positive"]),
+        nodes += [helper.make_node("Greater", [layer, f"{PREFIX}/zero"], [f"{p}/positive"]),
                   helper.make_node("Cast", [f"{p}/positive"], [f"{p}/mask"], to=TensorProto.FLOAT),
                   helper.make_node("Mul", [x, f"{p}/mask"], [f"{p}/masked"])]
         x = f"{p}/masked"
@@ -134,7 +135,7 @@ def fused_graph(proto: onnx.ModelProto, rule: str, head: Head | None = None) -> 
               numpy_helper.from_array(np.array([-1, 1, 0, 0], np.int64), f"{PREFIX}/planes"),
               numpy_helper.from_array(np.arange(4, dtype=np.int64).reshape(1, 4, 1, 1), f"{PREFIX}/positions")]
     for name in reversed(CONV_LAYERS):
-        rule_nodes, x = _rule_nodes(x, name, rule, name)
+        rule_nodes, x = _rule_nodes(x, name, rule)
         nodes += rule_nodes
         w = weights[name]  # (C_out, C_in, 3, 3) forward; the transposed conv is the Conv with this kernel:
         flipped = np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1], dtype=np.float32)
@@ -186,12 +187,12 @@ class FusedClassProjection:
     Args:
         model: a loaded ``demo.onnx_forward.OnnxModel``; its graph (the file, or ``with_graph``'s bytes) is read
             again for each rule's graph and its ``new_session`` runs it.
-        num_classes: K, the logits of its head.
+        head: the head of that graph (``head_weights``), a global max-pool.
     """
 
-    def __init__(self, model, num_classes: int) -> None:
+    def __init__(self, model, head: Head) -> None:
         self.model = model
-        self.num_classes = num_classes
+        self.head = head
         self._sessions: dict[str, object] = {}
         self._lock = threading.Lock()
 
@@ -203,7 +204,7 @@ class FusedClassProjection:
                 return _CACHE[model]
         proto = _graph(model)
         head = head_weights(proto)
-        fused = cls(model, head.num_classes) if fusable(proto, head) is None else None
+        fused = cls(model, head) if fusable(proto, head) is None else None
         with _CACHE_LOCK:
             _CACHE[model] = fused
         return fused
@@ -212,7 +213,7 @@ class FusedClassProjection:
         """The session of the fused graph of ``rule``, built on first use (a second or two)."""
         with self._lock:
             if rule not in self._sessions:
-                graph = fused_graph(_graph(self.model), rule)
+                graph = fused_graph(_graph(self.model), rule, self.head)
                 self._sessions[rule] = self.model.new_session(graph.SerializeToString())
             return self._sessions[rule]
 
@@ -232,7 +233,7 @@ class FusedClassProjection:
             raise ValueError(f"expected (N, 3, H, W) images, H and W multiples of {SIZE_MULTIPLE}, got shape "
                              f"{tuple(image.shape)}")
         classes = np.broadcast_to(np.asarray(class_index, dtype=np.int64), (N,))
-        K = self.num_classes
+        K = self.head.num_classes
         if ((classes < 0) | (classes >= K)).any():
             raise ValueError(f"class_index must lie in 0..{K - 1}, got {class_index}")
         feeds = {INPUT_NAME: np.ascontiguousarray(image, np.float32), CLASS_INPUT: np.ascontiguousarray(classes)}

@@ -72,30 +72,17 @@ def _rule_nodes(x: str, layer: str, zero: str) -> tuple[list[onnx.NodeProto], st
     return nodes, f"{p}/out"
 
 
-UNPOOL_CONSTANTS = {  # the initializers ``unpool_nodes`` reads
-    "unpool/two_two": np.array([1, 1, 2, 2], np.int64),
-    "unpool/zero_i": np.array([0], np.int64),
-    "unpool/two_i": np.array([2], np.int64),
-    "unpool/four_i": np.array([4], np.int64),
-    "unpool/minus_one": np.array([-1], np.int64),
-}
-
-
-def unpool_nodes(x: str, pool: str, switches: str | None = None,
-                 prefix: str | None = None) -> tuple[list[onnx.NodeProto], str]:
-    """Nodes that unpool ``x`` (B, C, h, w) to (B, C, 2h, 2w) at ``pool``'s switches (the tensor ``switches``,
-    default the graph input ``switch_input(pool)``), names starting with ``prefix`` (default ``pool/unpool``);
-    they read the initializers ``UNPOOL_CONSTANTS``. Returns the nodes and the output's name."""
-    p = prefix or f"{pool}/unpool"
-    switches = switches or switch_input(pool)
+def _unpool_nodes(x: str, pool: str) -> tuple[list[onnx.NodeProto], str]:
+    """Nodes that unpool ``x`` (B, C, h, w) to (B, C, 2h, 2w) at ``pool``'s switches; returns them and the output."""
+    p = f"{pool}/unpool"
     nodes = [
         helper.make_node("Shape", [x], [f"{p}/shape"]),  # (B, C, h, w)
-        helper.make_node("Mul", [f"{p}/shape", "unpool/two_two"], [f"{p}/out_shape"]),  # (B, C, 2h, 2w)
-        helper.make_node("Slice", [f"{p}/shape", "unpool/zero_i", "unpool/two_i"], [f"{p}/bc"]),
-        helper.make_node("Concat", [f"{p}/bc", "unpool/minus_one"], [f"{p}/flat_shape"], axis=0),  # (B, C, -1)
+        helper.make_node("Mul", [f"{p}/shape", "two_two"], [f"{p}/out_shape"]),  # (B, C, 2h, 2w)
+        helper.make_node("Slice", [f"{p}/shape", "zero_i", "two_i"], [f"{p}/bc"]),
+        helper.make_node("Concat", [f"{p}/bc", "minus_one"], [f"{p}/flat_shape"], axis=0),  # (B, C, -1)
         helper.make_node("Reshape", [x, f"{p}/flat_shape"], [f"{p}/values"]),
-        helper.make_node("Reshape", [switches, f"{p}/flat_shape"], [f"{p}/index"]),
-        helper.make_node("Slice", [f"{p}/out_shape", "unpool/two_i", "unpool/four_i"], [f"{p}/side"]),  # (2h, 2w)
+        helper.make_node("Reshape", [switch_input(pool), f"{p}/flat_shape"], [f"{p}/index"]),
+        helper.make_node("Slice", [f"{p}/out_shape", "two_i", "four_i"], [f"{p}/side"]),  # (2h, 2w)
         helper.make_node("ReduceProd", [f"{p}/side"], [f"{p}/plane"], keepdims=1),  # (4 h w,)
         helper.make_node("Concat", [f"{p}/bc", f"{p}/plane"], [f"{p}/zeros_shape"], axis=0),
         helper.make_node("ConstantOfShape", [f"{p}/zeros_shape"], [f"{p}/zeros"],
@@ -122,8 +109,14 @@ def descent_graph(weights: Mapping[str, np.ndarray], layer: str) -> onnx.ModelPr
     if layer not in CONV_LAYERS:
         raise ValueError(f"unknown layer {layer!r}; expected one of {', '.join(CONV_LAYERS)}")
     names = CONV_LAYERS[: CONV_LAYERS.index(layer) + 1]
-    inits = [numpy_helper.from_array(np.zeros((), np.float32), "zero"),
-             *(numpy_helper.from_array(v, k) for k, v in UNPOOL_CONSTANTS.items())]
+    inits = [
+        numpy_helper.from_array(np.zeros((), np.float32), "zero"),
+        numpy_helper.from_array(np.array([1, 1, 2, 2], np.int64), "two_two"),
+        numpy_helper.from_array(np.array([0], np.int64), "zero_i"),
+        numpy_helper.from_array(np.array([2], np.int64), "two_i"),
+        numpy_helper.from_array(np.array([4], np.int64), "four_i"),
+        numpy_helper.from_array(np.array([-1], np.int64), "minus_one"),
+    ]
     f32 = TensorProto.FLOAT
     c_top = int(weights[layer].shape[0])
     inputs = [helper.make_tensor_value_info(SIGNAL, f32, ["B", c_top, f"h_{layer}", f"w_{layer}"])]
@@ -142,7 +135,7 @@ def descent_graph(weights: Mapping[str, np.ndarray], layer: str) -> onnx.ModelPr
         pool = pool_below(name)
         if pool is not None:
             inputs.append(helper.make_tensor_value_info(switch_input(pool), TensorProto.INT64, _dims(pool)))
-            unpool, x = unpool_nodes(x, pool)
+            unpool, x = _unpool_nodes(x, pool)
             nodes += unpool
     nodes.append(helper.make_node("Identity", [x], [PIXELS]))
     output = helper.make_tensor_value_info(PIXELS, f32, ["B", 3, "H", "W"])
